@@ -1,0 +1,52 @@
+"""The ``tbftd`` command line: one entry point, subcommands registered by their own modules."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: Modules that each define ``register(subparsers)``; a subcommand sets ``func(args) -> int``.
+COMMAND_MODULES: tuple[str, ...] = (
+    "service.learner_commands",
+    "service.meter_commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="tbftd",
+        description="On-device personalization daemon: target-block fine-tuning with energy accounting.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except CLIError as exc:
+        print(f"tbftd: error: {exc}", file=sys.stderr)
+        return 2
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2, no traceback."""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
