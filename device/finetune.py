@@ -1,0 +1,383 @@
+"""The fine-tuning engine: train one block of the model, with everything else frozen.
+
+Only the chosen block's parameters get gradients and optimizer state. The frozen stages in front
+of it run once per job (see :mod:`device.prefix_cache`); those behind it run every step so that the
+loss can reach the block.
+
+BatchNorm modes:
+
+- ``adapt`` (default): before training, every BatchNorm layer's running statistics are re-estimated
+  on the job's training samples (forward passes only, as the ``bn`` strategy does), so the frozen
+  prefix normalises with target statistics; during training the block's and the suffix's BatchNorm
+  layers run in train mode and keep following the target data, as in the paper. Unlike the paper,
+  the prefix uses the re-estimated population statistics rather than per-batch ones: that makes it
+  deterministic and cacheable.
+- ``frozen``: frozen layers keep the source statistics (eval mode), as surgical fine-tuning does;
+  only the block's own BatchNorm layers follow the target data.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from device.batchnorm import StopRequested, batchnorm_layers, recalibrate_batchnorm
+from device.blocks import BlockSpec, block_modules, block_state_keys, get_block, stage_module_list
+from device.inference import Evaluation, evaluate_batches
+from device.model import STAGES, ResNet26
+from device.prefix_cache import DEFAULT_CACHE_BUDGET_BYTES, FeatureSource, build_prefix_source
+from device.samples import Samples
+
+BNMode = Literal["adapt", "frozen"]
+BN_MODES: tuple[str, ...] = ("adapt", "frozen")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning settings; the defaults are the paper's.
+
+    ``lr`` None means 1e-3, or 1e-2 for ``fc`` (the classifier needs the larger step, as in the
+    paper). ``patience`` None disables early stopping. ``cache_budget_bytes`` bounds the memory
+    spent on cached prefix activations (training and validation together); ``cache_spill_dir``
+    lets activations over the budget go to a temporary file there instead of being recomputed.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    patience: int | None = 5
+    bn_mode: BNMode = "adapt"
+    seed: int = 0
+    cache_budget_bytes: int = DEFAULT_CACHE_BUDGET_BYTES
+    cache_spill_dir: str | None = None
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError("epochs must be at least 1")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("batch sizes must be at least 1")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError("lr must be positive")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError("patience must be at least 1 (or None to disable early stopping)")
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
+        if self.cache_budget_bytes < 0:
+            raise ValueError("cache_budget_bytes must not be negative")
+
+    def learning_rate(self, block: str) -> float:
+        """The learning rate used for ``block``."""
+        if self.lr is not None:
+            return self.lr
+        return 1e-2 if block == "fc" else 1e-3
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report: sent after every training batch and after each epoch's validation."""
+
+    phase: Literal["prepare", "train", "validate"]
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    loss: float
+    samples_per_second: float
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+
+
+@dataclass
+class FinetuneResult:
+    """What a job did. Accuracies are fractions (0..1) on the validation samples."""
+
+    block: str
+    bn_mode: str
+    accuracy_before: float
+    accuracy_after: float
+    loss_before: float
+    loss_after: float
+    epochs_run: int
+    best_epoch: int
+    seconds: float
+    cpu_seconds: float
+    samples_seen: int
+    cancelled: bool
+    cache: str
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    val_accuracies: list[float] = field(default_factory=list)
+    block_state: dict[str, Tensor] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float | int | str | bool]:
+        """The scalar fields, for logs and JSON."""
+        return {
+            "block": self.block,
+            "bn_mode": self.bn_mode,
+            "accuracy_before": self.accuracy_before,
+            "accuracy_after": self.accuracy_after,
+            "loss_before": self.loss_before,
+            "loss_after": self.loss_after,
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "samples_seen": self.samples_seen,
+            "cancelled": self.cancelled,
+            "cache": self.cache,
+        }
+
+
+ProgressCallback = Callable[[Progress], None]
+StopCheck = Callable[[], bool]
+
+
+def finetune(
+    model: ResNet26,
+    block: str,
+    train: Samples,
+    val: Samples,
+    config: FinetuneConfig | None = None,
+    on_progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``block`` of ``model`` in place on ``train``, selecting weights on ``val``.
+
+    On return the model holds the best-validation weights (the starting point counts as epoch 0,
+    so a job never leaves the model worse on ``val`` than where training began). ``should_stop`` is
+    checked before every batch; when it answers True the model is restored to exactly its state
+    before the call and the result has ``cancelled=True``. The model is left in eval mode with
+    every parameter's ``requires_grad`` restored.
+    """
+    config = config or FinetuneConfig()
+    spec = get_block(block)
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError("fine-tuning needs at least one training and one validation sample")
+    expected = model.config.input_shape
+    for name, samples in (("train", train), ("val", val)):
+        if tuple(samples.x.shape[1:]) != expected:
+            raise ValueError(f"{name} images have shape {tuple(samples.x.shape[1:])}, the model expects {expected}")
+
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    torch.manual_seed(config.seed)
+    original_state = copy.deepcopy(model.state_dict())
+    original_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    run = _Run(model, spec, train, val, config, on_progress, should_stop)
+    try:
+        result = run.execute()
+    except StopRequested:
+        model.load_state_dict(original_state)
+        result = run.cancelled_result()
+    finally:
+        run.close()
+        for name, p in model.named_parameters():
+            p.requires_grad_(original_grad[name])
+        model.eval()
+    result.seconds = time.perf_counter() - started
+    result.cpu_seconds = time.process_time() - cpu_started
+    return result
+
+
+class _Run:
+    """The state of one fine-tuning call."""
+
+    def __init__(
+        self,
+        model: ResNet26,
+        spec: BlockSpec,
+        train: Samples,
+        val: Samples,
+        config: FinetuneConfig,
+        on_progress: ProgressCallback | None,
+        should_stop: StopCheck | None,
+    ) -> None:
+        self.model = model
+        self.spec = spec
+        self.train = train
+        self.val = val
+        self.config = config
+        self.on_progress = on_progress
+        self.should_stop = should_stop
+        self.sources: list[FeatureSource] = []
+        self.before: Evaluation | None = None
+        self.epochs_run = 0
+        self.samples_seen = 0
+        self.train_losses: list[float] = []
+        self.val_losses: list[float] = []
+        self.val_accuracies: list[float] = []
+
+    def check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise StopRequested
+
+    def report(self, progress: Progress) -> None:
+        if self.on_progress is not None:
+            self.on_progress(progress)
+
+    def close(self) -> None:
+        for source in self.sources:
+            source.close()
+        self.sources.clear()
+
+    def execute(self) -> FinetuneResult:
+        model, spec, config = self.model, self.spec, self.config
+        model.eval()
+        self.before = evaluate_batches(model, self.val.images, self.val.y, config.eval_batch_size)
+        self.report(Progress("prepare", 0, config.epochs, 0, 0, float("nan"), 0.0, self.before.loss, self.before.accuracy))
+        self.check_stop()
+
+        if not spec.trains_weights:
+            recalibrate_batchnorm(model, self.train, config.batch_size, self.should_stop)
+            model.eval()
+            after = evaluate_batches(model, self.val.images, self.val.y, config.eval_batch_size)
+            self.samples_seen = len(self.train)
+            return self.result(after, best_epoch=1, cache="none", epochs_run=1)
+
+        # Statistics start from the target data, and the prefix's must be final before caching.
+        # A whole-model job adapts them by training in train mode, as plain fine-tuning does.
+        if config.bn_mode == "adapt" and spec.name != "full":
+            recalibrate_batchnorm(model, self.train, config.eval_batch_size, self.should_stop)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        trainable = [p for module in block_modules(model, spec) for p in module.parameters()]
+        for p in trainable:
+            p.requires_grad_(True)
+
+        model.eval()
+        train_source = self._source(self.train, config.cache_budget_bytes)
+        val_source = self._source(self.val, max(0, config.cache_budget_bytes - train_source.memory_bytes))
+
+        def tail(features: Tensor) -> Tensor:
+            return model.forward_stages(features, spec.start, len(STAGES))
+
+        best = evaluate_batches(tail, val_source.batch, self.val.y, config.eval_batch_size)
+        best_epoch = 0
+        best_state = copy.deepcopy(model.state_dict())
+        optimizer = torch.optim.SGD(
+            trainable,
+            lr=config.learning_rate(spec.name),
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+        generator = torch.Generator().manual_seed(config.seed)
+        batches = -(-len(self.train) // config.batch_size)
+        since_best = 0
+        for epoch in range(1, config.epochs + 1):
+            self._set_train_modes()
+            order = torch.randperm(len(self.train), generator=generator)
+            epoch_loss = 0.0
+            epoch_started = time.perf_counter()
+            seen = 0
+            for batch_number, index in enumerate(order.split(config.batch_size), start=1):
+                self.check_stop()
+                logits = tail(train_source.batch(index))
+                loss = F.cross_entropy(logits, self.train.y[index])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                seen += int(index.shape[0])
+                epoch_loss += loss.item() * int(index.shape[0])
+                rate = seen / max(time.perf_counter() - epoch_started, 1e-9)
+                self.report(Progress("train", epoch, config.epochs, batch_number, batches, loss.item(), rate))
+            self.samples_seen += seen
+            self.epochs_run = epoch
+            self.train_losses.append(epoch_loss / seen)
+
+            model.eval()
+            evaluation = evaluate_batches(tail, val_source.batch, self.val.y, config.eval_batch_size)
+            self.val_losses.append(evaluation.loss)
+            self.val_accuracies.append(evaluation.accuracy)
+            self.report(
+                Progress("validate", epoch, config.epochs, batches, batches, self.train_losses[-1],
+                         seen / max(time.perf_counter() - epoch_started, 1e-9), evaluation.loss, evaluation.accuracy)
+            )
+            if evaluation.loss < best.loss:
+                best, best_epoch, since_best = evaluation, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                since_best += 1
+                if config.patience is not None and since_best >= config.patience:
+                    break
+
+        model.load_state_dict(best_state)
+        return self.result(best, best_epoch=best_epoch, cache=train_source.kind, epochs_run=self.epochs_run)
+
+    def _source(self, samples: Samples, budget_bytes: int) -> FeatureSource:
+        source = build_prefix_source(
+            self.model,
+            samples,
+            self.spec.start,
+            budget_bytes,
+            spill_dir=self.config.cache_spill_dir,
+            batch_size=self.config.eval_batch_size,
+            should_stop=self.should_stop,
+        )
+        self.sources.append(source)
+        return source
+
+    def _set_train_modes(self) -> None:
+        """Frozen stages in eval mode; the block in train mode; the suffix's BN per ``bn_mode``."""
+        model, spec = self.model, self.spec
+        model.eval()
+        for module in block_modules(model, spec):
+            module.train()
+        if self.config.bn_mode == "adapt":
+            for layer in batchnorm_layers(stage_module_list(model, spec.suffix_stages)):
+                layer.train()
+
+    def result(self, after: Evaluation, best_epoch: int, cache: str, epochs_run: int) -> FinetuneResult:
+        assert self.before is not None
+        keys = block_state_keys(self.model, self.spec)
+        state = self.model.state_dict()
+        return FinetuneResult(
+            block=self.spec.name,
+            bn_mode=self.config.bn_mode,
+            accuracy_before=self.before.accuracy,
+            accuracy_after=after.accuracy,
+            loss_before=self.before.loss,
+            loss_after=after.loss,
+            epochs_run=epochs_run,
+            best_epoch=best_epoch,
+            seconds=0.0,
+            cpu_seconds=0.0,
+            samples_seen=self.samples_seen,
+            cancelled=False,
+            cache=cache,
+            train_losses=list(self.train_losses),
+            val_losses=list(self.val_losses),
+            val_accuracies=list(self.val_accuracies),
+            block_state={k: state[k].detach().clone() for k in keys},
+        )
+
+    def cancelled_result(self) -> FinetuneResult:
+        before = self.before
+        nan = float("nan")
+        return FinetuneResult(
+            block=self.spec.name,
+            bn_mode=self.config.bn_mode,
+            accuracy_before=before.accuracy if before else nan,
+            accuracy_after=before.accuracy if before else nan,
+            loss_before=before.loss if before else nan,
+            loss_after=before.loss if before else nan,
+            epochs_run=self.epochs_run,
+            best_epoch=0,
+            seconds=0.0,
+            cpu_seconds=0.0,
+            samples_seen=self.samples_seen,
+            cancelled=True,
+            cache=self.sources[0].kind if self.sources else "none",
+            train_losses=list(self.train_losses),
+            val_losses=list(self.val_losses),
+            val_accuracies=list(self.val_accuracies),
+        )

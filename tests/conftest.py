@@ -1,0 +1,26 @@
+"""Shared fixtures: small generated data so tests never need downloads or reference files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from device.model import ModelConfig, ResNet26
+from device.samples import Samples
+from tests.factories import colour_samples
+
+
+@pytest.fixture
+def model() -> ResNet26:
+    torch.manual_seed(0)
+    return ResNet26(ModelConfig())
+
+
+@pytest.fixture
+def train_samples() -> Samples:
+    return colour_samples(96, seed=1)
+
+
+@pytest.fixture
+def val_samples() -> Samples:
+    return colour_samples(48, seed=2)
