@@ -1,0 +1,652 @@
+"""The store against real SQLite files: round trips, WAL, one writer, eviction, recovery."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlite_utils import Database
+
+from service.store import (
+    INTERRUPTED_ERROR,
+    PENDING_STATES,
+    SCHEMA_VERSION,
+    BufferFull,
+    NotFound,
+    Store,
+    StoreClosed,
+    StoreError,
+)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[sqlite3.Connection]]:
+    """Fail any test that leaves a SQLite connection open (the store must close all it opens)."""
+    opened: list[sqlite3.Connection] = []
+    real_connect = sqlite3.connect
+
+    def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        conn = real_connect(*args, **kwargs)  # type: ignore[call-overload]
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    yield opened
+    leaked = []
+    for conn in opened:
+        try:
+            conn.in_transaction  # noqa: B018 - raises once the connection is closed
+        except sqlite3.ProgrammingError:
+            continue
+        leaked.append(conn)
+        conn.close()
+    assert not leaked, f"{len(leaked)} SQLite connection(s) left open"
+
+
+class FakeClock:
+    """Seconds since the epoch that tests move by hand."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "tbftd.sqlite3"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    with Store.open(db_path) as opened:
+        yield opened
+
+
+@pytest.fixture
+def open_store(db_path: Path) -> Iterator[Callable[..., Store]]:
+    """Open stores on ``db_path`` with options; all are closed after the test."""
+    stores: list[Store] = []
+
+    def make(**options: object) -> Store:
+        stores.append(Store.open(db_path, **options))  # type: ignore[arg-type]
+        return stores[-1]
+
+    yield make
+    for s in stores:
+        s.close()
+
+
+def batch(n: int, *, fill: int = 0, shape: tuple[int, ...] = (4,)) -> np.ndarray:
+    """``n`` uint8 samples of ``shape`` (4 bytes each by default)."""
+    return np.full((n, *shape), fill, dtype=np.uint8)
+
+
+# --- samples -------------------------------------------------------------------------------------
+
+
+def test_uint8_payloads_round_trip_bit_exact(store: Store) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(16, 3, 8, 8), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=16)
+
+    result = store.add_samples("kitchen", "cam-1", labels, x)
+    loaded, y, ids = store.load_samples("kitchen")
+
+    assert ids == result.ids and len(set(ids)) == 16
+    assert loaded.dtype == np.uint8 and loaded.shape == x.shape
+    assert np.array_equal(loaded, x)
+    assert np.array_equal(y, labels) and y.dtype == np.int64
+    assert loaded.flags.writeable  # torch.from_numpy warns on read-only arrays
+
+
+def test_float32_payloads_round_trip_bit_exact(store: Store) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 3, 4, 4)).astype(np.float32)
+    # Values a text or float64 detour would change: signed zero, a NaN payload, subnormals.
+    x[0, 0, 0, :] = np.array([-0.0, np.inf, 1e-45, np.nan], dtype=np.float32)
+    x[1, 0, 0, 0] = np.uint32(0x7FC00123).view(np.float32)
+
+    store.add_samples("lab", None, np.arange(8), x)
+    loaded, _, _ = store.load_samples("lab")
+
+    assert loaded.dtype == np.float32
+    assert np.array_equal(loaded.view(np.uint32), x.view(np.uint32))
+
+
+def test_big_endian_input_is_stored_little_endian_with_equal_values(store: Store) -> None:
+    x = np.arange(12, dtype=">f4").reshape(3, 4)
+    store.add_samples("c", None, [0, 1, 2], x)
+    loaded, _, _ = store.load_samples("c")
+    assert loaded.dtype == np.float32 and np.array_equal(loaded, x)
+
+
+def test_load_samples_limit_keeps_the_newest_and_ids_select(store: Store) -> None:
+    first = store.add_samples("c", None, [0, 1, 2], batch(3, fill=1)).ids
+    second = store.add_samples("c", None, [3, 4], batch(2, fill=2)).ids
+    store.add_samples("other", None, [9], batch(1, fill=9))
+
+    _, y, ids = store.load_samples("c", limit=3)
+    assert ids == [first[2], *second] and list(y) == [2, 3, 4]
+
+    x, y, ids = store.load_samples(None, ids=[second[1], first[0]])
+    assert ids == [first[0], second[1]] and list(y) == [0, 4] and list(x[:, 0]) == [1, 2]
+
+    x, y, ids = store.load_samples("empty")
+    assert x.shape == (0,) and y.shape == (0,) and ids == []
+
+
+def test_mixed_shapes_in_a_context_cannot_be_stacked(store: Store) -> None:
+    store.add_samples("c", None, [0], batch(1, shape=(4,)))
+    store.add_samples("c", None, [0], batch(1, shape=(2, 2)))
+    with pytest.raises(ValueError, match="differ in dtype or shape"):
+        store.load_samples("c")
+
+
+def test_bad_batches_are_refused_before_writing(store: Store) -> None:
+    with pytest.raises(ValueError, match="2 labels for 3 payloads"):
+        store.add_samples("c", None, [0, 1], batch(3))
+    with pytest.raises(ValueError, match="labels must be integers"):
+        store.add_samples("c", None, [0.5], batch(1))
+    with pytest.raises(ValueError, match="dtype"):
+        store.add_samples("c", None, [0], np.array([["a"]], dtype=object))
+    assert store.count_samples() == 0
+    assert store.add_samples("c", None, [], batch(0)).ids == []
+
+
+def test_counts_and_usage(store: Store) -> None:
+    store.add_samples("a", None, [0, 1], batch(2))
+    store.add_samples("b", None, [0], np.zeros((1, 2), dtype=np.float32))
+    assert store.count_samples() == 3 and store.count_samples("a") == 2
+    assert store.buffer_usage() == (3, 2 * 4 + 8)
+    assert store.context_usage() == {"a": (2, 8), "b": (1, 8)}
+
+
+# --- SQLite configuration ------------------------------------------------------------------------
+
+
+def test_wal_synchronous_normal_and_busy_timeout_are_set(store: Store, db_path: Path) -> None:
+    pragmas = store.connection_settings()
+    assert pragmas["journal_mode"] == "wal"
+    assert pragmas["synchronous"] == 1  # NORMAL
+    assert pragmas["busy_timeout"] >= 1000
+    assert pragmas["foreign_keys"] == 1
+    assert pragmas["user_version"] == SCHEMA_VERSION
+    # WAL is a property of the file: an operator's own connection sees it too.
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+def test_readers_cannot_write(store: Store) -> None:
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        store.read(lambda db: db.execute("DELETE FROM samples"))
+
+
+def test_a_failed_write_rolls_back_entirely(store: Store) -> None:
+    def half_then_fail(db: Database) -> None:
+        db["jobs"].insert({"context": "c", "state": "queued", "created_at": 0, "updated_at": 0})
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        store.write(half_then_fail)
+    assert store.list_jobs() == []
+    store.create_job("c")  # the writer survived the error
+    assert len(store.list_jobs()) == 1
+
+
+def test_concurrent_writers_all_land_while_a_reader_reads(store: Store) -> None:
+    writers, batches, per_batch = 8, 20, 4
+    errors: list[BaseException] = []
+    ids: list[int] = []
+    ids_lock = threading.Lock()
+    done = threading.Event()
+    reads = 0
+
+    def write(worker: int) -> None:
+        try:
+            for i in range(batches):
+                labels = [worker] * per_batch
+                context, device = f"ctx{worker % 3}", f"dev{worker}"
+                result = store.add_samples(context, device, labels, batch(per_batch, fill=i))
+                with ids_lock:
+                    ids.extend(result.ids)
+                if i % 5 == 0:
+                    store.create_job(f"ctx{worker % 3}", state="succeeded")
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    def read() -> None:
+        nonlocal reads
+        try:
+            while True:  # at least once, then until the writers are done
+                finished = done.is_set()
+                n = store.count_samples()
+                x, _, got = store.load_samples("ctx0")
+                assert n >= 0 and len(got) == len(x)
+                store.list_jobs(limit=5)
+                reads += 1
+                if finished:
+                    break
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    reader.join()
+
+    assert errors == []
+    total = writers * batches * per_batch
+    assert len(ids) == len(set(ids)) == total
+    assert store.count_samples() == total
+    assert len(store.list_jobs(limit=None)) == writers * 4
+    assert reads > 0
+
+
+# --- capacity and eviction -----------------------------------------------------------------------
+
+
+def test_eviction_takes_the_oldest_samples_first(open_store: Callable[..., Store]) -> None:
+    store = open_store(max_samples=10)
+    a = store.add_samples("a", None, [0] * 4, batch(4)).ids
+    b = store.add_samples("b", None, [0] * 4, batch(4)).ids
+    store.add_samples("c", None, [0] * 2, batch(2))
+
+    result = store.add_samples("c", None, [0] * 3, batch(3))
+
+    assert result.evicted == 3 and result.evicted_contexts == {"a": 3}
+    assert result.usage.samples == 10 == store.count_samples()
+    assert store.load_samples("a")[2] == a[3:]
+    assert store.load_samples("b")[2] == b
+
+
+def test_a_context_with_a_pending_job_is_protected(open_store: Callable[..., Store]) -> None:
+    store = open_store(max_samples=10)
+    store.add_samples("a", None, [0] * 4, batch(4))
+    b = store.add_samples("b", None, [0] * 6, batch(6)).ids
+    store.create_job("a", drift_type="input")  # queued
+
+    result = store.add_samples("c", None, [0] * 5, batch(5))
+
+    assert result.evicted_contexts == {"b": 5}
+    assert store.count_samples("a") == 4
+    assert store.load_samples("b")[2] == b[5:]
+
+    running = store.claim_next_job()
+    assert running is not None and running.state == "running"
+    store.add_samples("c", None, [0], batch(1))  # evicts b's last, still not a
+    assert store.count_samples("a") == 4 and store.count_samples("b") == 0
+
+
+def test_contexts_waiting_for_samples_are_evicted_last(open_store: Callable[..., Store]) -> None:
+    store = open_store(max_samples=6)
+    store.add_samples("hinted", None, [0] * 3, batch(3))
+    store.add_samples("plain", None, [0] * 3, batch(3))
+    store.add_hint("hinted", "feature", min_samples=5)
+
+    result = store.add_samples("new", None, [0] * 4, batch(4))
+
+    assert result.evicted_contexts == {"hinted": 1, "plain": 3}
+
+
+def test_buffer_full_when_nothing_evictable_and_nothing_dropped(
+    open_store: Callable[..., Store],
+) -> None:
+    store = open_store(max_samples=8)
+    store.add_samples("a", None, [0] * 4, batch(4))
+    store.add_samples("b", None, [0] * 3, batch(3))
+    store.create_job("a")
+    store.create_job("b", state="running")
+
+    with pytest.raises(BufferFull, match="pending job") as caught:
+        store.add_samples("c", None, [0] * 2, batch(2))
+
+    assert caught.value.evictable_samples == 0
+    assert caught.value.protected_contexts == ("a", "b")
+    assert store.count_samples() == 7 and store.count_samples("c") == 0
+    store.add_samples("c", None, [0], batch(1))  # what fits still goes in
+
+
+def test_buffer_full_refuses_rather_than_evicting_part_of_what_is_needed(
+    open_store: Callable[..., Store],
+) -> None:
+    store = open_store(max_samples=6)
+    store.add_samples("protected", None, [0] * 4, batch(4))
+    store.add_samples("free", None, [0] * 2, batch(2))
+    store.create_job("protected")
+
+    with pytest.raises(BufferFull):
+        store.add_samples("new", None, [0] * 3, batch(3))
+    assert store.count_samples("free") == 2  # the transaction evicted nothing
+
+
+def test_byte_capacity_evicts_by_payload_bytes(open_store: Callable[..., Store]) -> None:
+    store = open_store(max_bytes=100)
+    store.add_samples("small", None, [0] * 10, batch(10, shape=(4,)))  # 40 bytes
+    store.add_samples("big", None, [0] * 2, batch(2, shape=(30,)))  # 60 bytes
+
+    result = store.add_samples("new", None, [0], batch(1, shape=(10,)))
+
+    assert result.evicted_contexts == {"small": 3}  # 12 bytes freed for 10 needed
+    assert store.buffer_usage().bytes == 28 + 60 + 10
+
+
+def test_a_batch_larger_than_the_buffer_is_refused(open_store: Callable[..., Store]) -> None:
+    store = open_store(max_samples=4)
+    with pytest.raises(BufferFull):
+        store.add_samples("a", None, [0] * 5, batch(5))
+    assert store.count_samples() == 0
+
+
+def test_capacity_must_be_positive(db_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_samples"):
+        Store.open(db_path, max_samples=0)
+
+
+# --- hints and jobs ------------------------------------------------------------------------------
+
+
+def test_hints_wait_until_a_job_takes_them(store: Store) -> None:
+    first = store.add_hint("c", "input", min_samples=50)
+    second = store.add_hint("c", "input")
+    store.add_hint("other", None, block="bn")
+    assert [h.id for h in store.waiting_hints("c")] == [first.id, second.id]
+
+    job = store.create_job("c", drift_type="input", requested_by="hint", hint_ids=[first.id])
+    store.link_hints([second.id], job.id)
+
+    assert store.waiting_hints("c") == []
+    assert [h.id for h in store.list_hints(job_id=job.id)] == [first.id, second.id]
+    assert [h.block for h in store.waiting_hints()] == ["bn"]
+
+
+def test_job_life_cycle(store: Store) -> None:
+    job = store.create_job(
+        "c", block="block1", drift_type="input", requested_by="api", params={"epochs": 3}
+    )
+    assert job.state == "queued" and job.pending and job.params == {"epochs": 3}
+    assert store.pending_job_for_context("c") == job
+    assert store.next_queued_job() == job
+
+    running = store.claim_next_job()
+    assert running is not None and running.state == "running" and running.started_at is not None
+    assert store.claim_next_job() is None
+
+    progress = store.update_job(running.id, progress={"epoch": 1, "loss": 0.5}, sample_ids=[1, 2])
+    assert progress.progress == {"epoch": 1, "loss": 0.5} and progress.sample_ids == [1, 2]
+
+    done = store.update_job(
+        running.id, state="succeeded", accuracy_before=0.5, accuracy_after=0.75,
+        model_version_in=1, model_version_out=2, decision={"promoted": True},
+    )  # fmt: skip
+    assert done.finished_at is not None and not done.pending
+    assert store.pending_job_for_context("c") is None
+    assert store.get_job(running.id) == done
+
+
+def test_transition_job_is_compare_and_set(store: Store) -> None:
+    job = store.create_job("c")
+    cancelled = store.transition_job(job.id, PENDING_STATES, "cancelled")
+    assert cancelled is not None and cancelled.state == "cancelled"
+    assert store.transition_job(job.id, PENDING_STATES, "running") is None
+    assert store.get_job(job.id).state == "cancelled"
+
+
+def test_job_errors(store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.get_job(99)
+    with pytest.raises(NotFound):
+        store.update_job(99, state="failed")
+    job = store.create_job("c")
+    with pytest.raises(ValueError, match="unknown job state"):
+        store.update_job(job.id, state="exploded")
+    with pytest.raises(ValueError, match="cannot update job column"):
+        store.update_job(job.id, id=5)
+
+
+def test_list_jobs_filters_newest_first(store: Store) -> None:
+    a1 = store.create_job("a")
+    b1 = store.create_job("b", state="running")
+    a2 = store.create_job("a", state="failed")
+    assert [j.id for j in store.list_jobs()] == [a2.id, b1.id, a1.id]
+    assert [j.id for j in store.list_jobs(context="a")] == [a2.id, a1.id]
+    assert [j.id for j in store.list_jobs(state=PENDING_STATES)] == [b1.id, a1.id]
+    assert [j.id for j in store.list_jobs(state="failed", context="a")] == [a2.id]
+    assert len(store.list_jobs(limit=1)) == 1
+
+
+def test_running_jobs_become_interrupted_after_a_crash(open_store: Callable[..., Store]) -> None:
+    before = open_store()
+    running = before.create_job("a", block="fc", params={"epochs": 2})
+    before.claim_next_job()
+    queued = before.create_job("b")
+    finished = before.create_job("c", state="succeeded")
+    before.close()  # the daemon died with a job running
+
+    after = open_store()
+    assert after.mark_running_jobs_interrupted() == [running.id]
+
+    interrupted = after.get_job(running.id)
+    assert interrupted.state == "interrupted" and interrupted.error == INTERRUPTED_ERROR
+    assert interrupted.finished_at is not None
+    assert after.get_job(queued.id).state == "queued"
+    assert after.get_job(finished.id).state == "succeeded"
+    assert after.mark_running_jobs_interrupted() == []
+
+
+def test_interrupted_jobs_can_be_requeued(store: Store) -> None:
+    job = store.create_job("a", block="fc", drift_type="output", params={"epochs": 2})
+    store.claim_next_job()
+
+    assert store.mark_running_jobs_interrupted(requeue=True) == [job.id]
+
+    retry = store.pending_job_for_context("a")
+    assert retry is not None and retry.state == "queued" and retry.retry_of == job.id
+    assert (retry.block, retry.drift_type, retry.params) == ("fc", "output", {"epochs": 2})
+    assert retry.requested_by == "requeue"
+
+
+# --- energy --------------------------------------------------------------------------------------
+
+
+def test_energy_log_filters_and_power_trace(open_store: Callable[..., Store]) -> None:
+    clock = FakeClock()
+    store = open_store(clock=clock)
+    jobs = [
+        store.create_job("kitchen", block="block1", drift_type="input"),
+        store.create_job("kitchen", block="fc", drift_type="output"),
+        store.create_job("garden", block="block1", drift_type="input"),
+    ]
+    for i, job in enumerate(jobs):
+        clock.now = 1_700_000_000.0 + 100 * i
+        meter = "UM25C@/dev/ttyUSB0"
+        trace = [(0.0, 5.0, meter), (0.5, 6.0, meter), (1.0, 4.0, "estimate:pi4")]
+        summary = {
+            "joules": 10.0 + i, "net_joules": 4.0, "seconds": 2.0, "mean_watts": 5.0,
+            "peak_watts": 6.0, "baseline_watts": 3.0, "source": "UM25C@/dev/ttyUSB0",
+            "counter_joules": 10.5, "low_confidence": i == 2, "samples": 3,
+            "gaps": [{"start_seconds": 0.6, "end_seconds": 0.9}], "rate_hz": 2.0, "trace": trace,
+        }  # fmt: skip
+        store.save_energy(job.id, summary)
+
+    everything = store.energy_log()
+    assert [e.job_id for e in everything] == [j.id for j in jobs]
+    first = everything[0]
+    assert (first.context, first.block, first.drift_type) == ("kitchen", "block1", "input")
+    assert first.joules == 10.0 and first.source == "UM25C@/dev/ttyUSB0"
+    assert first.gaps == [{"start_seconds": 0.6, "end_seconds": 0.9}]
+    assert first.details == {"rate_hz": 2.0} and everything[2].low_confidence
+
+    assert [e.job_id for e in store.energy_log(context="kitchen")] == [jobs[0].id, jobs[1].id]
+    assert [e.job_id for e in store.energy_log(block="block1")] == [jobs[0].id, jobs[2].id]
+    assert [e.job_id for e in store.energy_log(drift_type="output")] == [jobs[1].id]
+    assert [e.job_id for e in store.energy_log(since=1_700_000_100.0)] == [jobs[1].id, jobs[2].id]
+    until = datetime.fromtimestamp(1_700_000_100.0, tz=timezone.utc)
+    assert [e.job_id for e in store.energy_log(until=until)] == [jobs[0].id]
+    assert store.energy_log(context="kitchen", block="block1", since=1_700_000_050.0) == []
+
+    points = store.power_trace(jobs[0].id)
+    assert [tuple(p) for p in points] == trace
+    assert points[0].t_seconds == 0.0 and points[2].source == "estimate:pi4"
+    assert store.power_trace(store.create_job("none").id) == []
+    with pytest.raises(NotFound):
+        store.power_trace(999)
+
+
+def test_save_energy_replaces_and_checks(store: Store) -> None:
+    job = store.create_job("c")
+    store.save_energy(job.id, {"joules": 1.0, "seconds": 1.0, "source": "a"}, [(0.0, 1.0, "a")])
+    store.save_energy(job.id, {"joules": 2.0, "seconds": 1.0, "source": "b"}, [])
+    record = store.get_energy(job.id)
+    assert record is not None and record.joules == 2.0 and record.source == "b"
+    assert store.power_trace(job.id) == []
+    with pytest.raises(ValueError, match="joules"):
+        store.save_energy(job.id, {"seconds": 1.0, "source": "a"})
+    with pytest.raises(NotFound):
+        store.save_energy(999, {"joules": 1.0, "seconds": 1.0, "source": "a"})
+
+
+# --- model versions ------------------------------------------------------------------------------
+
+
+def test_exactly_one_version_is_active(store: Store) -> None:
+    assert store.active_version() is None
+    v1 = store.add_model_version("models/v1.pt", activate=True, accuracy={"val": 0.8})
+    v2 = store.add_model_version("models/v2.pt", parent_version=v1, notes="kitchen fc")
+    v3 = store.add_model_version("models/v3.pt", parent_version=v2, activate=True)
+
+    def active() -> list[int]:
+        return [v.version for v in store.list_versions() if v.active]
+
+    assert active() == [v3]
+    assert store.activate(v1).active and active() == [v1]  # rollback
+    with pytest.raises(NotFound):
+        store.activate(99)
+    assert active() == [v1]  # a failed activation changes nothing
+    assert store.get_version(v1).accuracy == {"val": 0.8}
+    assert store.get_version(v2).notes == "kitchen fc"
+    # SQLite itself refuses a second active version, whoever writes the file.
+    with pytest.raises(sqlite3.IntegrityError):
+        store.write(lambda db: db.execute("UPDATE model_versions SET active = 1"))
+    assert active() == [v1]
+
+
+def test_prune_keeps_the_newest_and_the_active(store: Store) -> None:
+    versions = [store.add_model_version(f"models/v{i}.pt") for i in range(6)]
+    store.activate(versions[0])
+
+    pruned = store.prune_versions(keep=2)
+
+    assert [v.version for v in pruned] == versions[1:4]
+    assert [v.path for v in pruned] == ["models/v1.pt", "models/v2.pt", "models/v3.pt"]
+    assert [v.version for v in store.list_versions()] == [versions[5], versions[4], versions[0]]
+    assert store.prune_versions(keep=2) == []
+    # Numbers are never reused, so a version seen by /predict always names the same weights.
+    assert store.add_model_version("models/v6.pt") == versions[5] + 1
+    with pytest.raises(ValueError):
+        store.prune_versions(keep=0)
+
+
+# --- durability and life cycle -------------------------------------------------------------------
+
+
+def test_everything_survives_a_restart(open_store: Callable[..., Store], db_path: Path) -> None:
+    first = open_store(max_samples=100)
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)
+    ids = first.add_samples("c", "dev", [3, 4], x).ids
+    hint = first.add_hint("c", "feature")
+    job = first.create_job("c", block="block3", hint_ids=[hint.id])
+    first.save_energy(job.id, {"joules": 3.0, "seconds": 1.0, "source": "s"}, [(0.0, 3.0, "s")])
+    version = first.add_model_version("models/v1.pt", job_id=job.id, activate=True)
+    first.close()
+
+    second = open_store(max_samples=100)
+    loaded, y, loaded_ids = second.load_samples("c")
+    assert np.array_equal(loaded, x) and list(y) == [3, 4] and loaded_ids == ids
+    assert second.get_job(job.id) == job
+    assert second.list_hints(job_id=job.id)[0].id == hint.id
+    energy = second.get_energy(job.id)
+    assert energy is not None and energy.joules == 3.0
+    assert second.power_trace(job.id) == [(0.0, 3.0, "s")]
+    active = second.active_version()
+    assert active is not None and active.version == version
+    assert second.connection_settings()["user_version"] == SCHEMA_VERSION
+
+
+def test_a_database_from_a_newer_version_is_refused(db_path: Path) -> None:
+    Store.open(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store.open(db_path)
+
+
+def test_close_stops_the_writer_and_closes_every_connection(
+    db_path: Path, no_leaked_connections: list[sqlite3.Connection]
+) -> None:
+    store = Store.open(db_path)
+    store.add_samples("c", None, [0], batch(1))
+
+    def read_in_thread() -> None:
+        assert store.count_samples() == 1
+
+    threads = [threading.Thread(target=read_in_thread) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.count_samples() == 1
+    assert len(no_leaked_connections) >= 5  # the writer, three dead threads' readers, this one
+    assert store.writer_thread.is_alive()
+
+    store.close()
+
+    assert not store.writer_thread.is_alive()
+    for conn in no_leaked_connections:
+        with pytest.raises(sqlite3.ProgrammingError):
+            conn.execute("SELECT 1")
+    with pytest.raises(StoreClosed):
+        store.count_samples()
+    with pytest.raises(StoreClosed):
+        store.create_job("c")
+    store.close()  # idempotent
+
+
+def test_readers_of_finished_threads_are_closed_as_new_ones_open(
+    store: Store, no_leaked_connections: list[sqlite3.Connection]
+) -> None:
+    for _ in range(5):
+        t = threading.Thread(target=store.count_samples)
+        t.start()
+        t.join()
+    store.count_samples()  # this thread's reader; the dead threads' are closed now
+    open_now = []
+    for conn in no_leaked_connections:
+        try:
+            conn.in_transaction  # noqa: B018
+        except sqlite3.ProgrammingError:
+            continue
+        open_now.append(conn)
+    assert len(open_now) == 2  # the writer and this thread's reader
+
+
+def test_store_does_not_import_torch() -> None:
+    code = "import sys, service.store; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
