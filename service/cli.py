@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 #: Modules that each define ``register(subparsers)``; a subcommand sets ``func(args) -> int``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "service.serve",
     "service.learner_commands",
     "service.meter_commands",
 )

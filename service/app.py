@@ -1,0 +1,430 @@
+"""The HTTP API: ``create_app(settings)`` builds the FastAPI application; nothing happens at import.
+
+Start-up (the lifespan) opens the store, loads the active model, selects the meter and starts the
+job worker; shutdown stops the worker (a running job is asked to stop at its next batch) and closes
+the store. Every error is JSON ``{"error": "...", ...}`` naming the problem; bad input is a 4xx.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from energy.discovery import select_meter
+from energy.meter import Meter
+from service import metrics
+from service.body_limit import BodySizeLimit
+from service.jobs import JobError, JobManager
+from service.model_registry import ModelRegistry
+from service.payloads import PayloadError, SampleBatch, decode_samples
+from service.settings import Settings
+from service.store import BufferFull, NotFound, Store
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "v1"
+CONTEXT_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+
+
+@dataclass
+class Daemon:
+    """The parts the endpoints use, created by the lifespan."""
+
+    settings: Settings
+    store: Store
+    registry: ModelRegistry
+    jobs: JobManager
+    meter: Meter
+    started_at: float
+
+
+class DriftHint(BaseModel):
+    """``POST /v1/drift``: a drift type (or ``full``/``bn``/a block asked for explicitly)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["input", "feature", "output", "full", "bn", "block1", "block2", "block3", "fc"]
+    context: str = Field(default="default", pattern=CONTEXT_PATTERN)
+    min_samples: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class JobRequest(BaseModel):
+    """``POST /v1/jobs``: start a job now on a context's samples, by block or drift type."""
+
+    model_config = ConfigDict(extra="forbid")
+    context: str = Field(default="default", pattern=CONTEXT_PATTERN)
+    block: Literal["block1", "block2", "block3", "fc", "full", "bn"] | None = None
+    drift_type: Literal["input", "feature", "output"] | None = None
+
+
+def create_app(settings: Settings, *, meter: Meter | None = None) -> FastAPI:
+    """Build the application for ``settings``; ``meter`` overrides meter selection (tests, demo)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        daemon = await run_in_threadpool(_start_daemon, settings, meter)
+        app.state.daemon = daemon
+        try:
+            yield
+        finally:
+            await run_in_threadpool(_stop_daemon, daemon)
+
+    app = FastAPI(
+        title="tbftd",
+        version=API_VERSION,
+        description="On-device target-block fine-tuning with per-job energy accounting.",
+        lifespan=lifespan,
+        docs_url=None,  # FastAPI's /docs loads its scripts from a CDN: blank on an offline Pi.
+        redoc_url=None,
+    )
+    _install_error_handlers(app)
+    if settings.api_token:
+        _install_token_guard(app, settings.api_token)
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    _add_routes(app)
+    return app
+
+
+def _start_daemon(settings: Settings, meter: Meter | None) -> Daemon:
+    torch.set_num_threads(1)  # the API process stays light: one thread for inference
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store.open(settings.database_path, max_samples=settings.max_buffer_samples,
+                       max_bytes=settings.max_buffer_bytes)
+    try:
+        registry = ModelRegistry(store, settings.models_dir, settings.base_model)
+        active = registry.bootstrap()
+        if meter is None:
+            meter = select_meter(settings.meter_port, None if settings.meter_kind == "auto" else settings.meter_kind,
+                                 baudrate=settings.meter_baud)
+        jobs = JobManager(store, registry, settings, meter)
+        jobs.start()
+    except BaseException:
+        store.close()
+        raise
+    info = meter.describe()
+    log.info("ready: model version %s, meter %s, data in %s", active.version, info.source, settings.data_dir)
+    return Daemon(settings, store, registry, jobs, meter, time.time())
+
+
+def _stop_daemon(daemon: Daemon) -> None:
+    daemon.jobs.shutdown()
+    daemon.store.close()
+
+
+def _daemon(request: Request) -> Daemon:
+    return request.app.state.daemon
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+            problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+        return _error(422, "; ".join(problems) or "invalid request", details=[str(p) for p in problems])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(PayloadError)
+    async def bad_payload(request: Request, exc: PayloadError) -> JSONResponse:
+        return _error(exc.status, str(exc), field=exc.field)
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return _error(404, str(exc).strip("'\""))
+
+    @app.exception_handler(JobError)
+    async def conflict(request: Request, exc: JobError) -> JSONResponse:
+        return _error(409, str(exc))
+
+    @app.exception_handler(BufferFull)
+    async def full(request: Request, exc: BufferFull) -> JSONResponse:
+        return _error(507, str(exc))
+
+
+def _install_token_guard(app: FastAPI, token: str) -> None:
+    expected = f"Bearer {token}".encode()
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path == "/healthz":
+            return await call_next(request)
+        given = request.headers.get("authorization", "").encode()
+        if not secrets.compare_digest(given, expected):
+            return _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+        return await call_next(request)
+
+
+# -- routes ------------------------------------------------------------------------------------------
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/samples", status_code=201)
+    async def post_samples(request: Request) -> dict[str, Any]:
+        daemon = _daemon(request)
+        batch = await _read_batch(request, daemon, labelled=True)
+
+        def store_batch() -> dict[str, Any]:
+            result = daemon.store.add_samples(batch.context, batch.device_id, batch.labels, batch.x)
+            job = daemon.jobs.samples_added(batch.context)
+            return {
+                "accepted": len(result.ids),
+                "first_id": result.ids[0],
+                "last_id": result.ids[-1],
+                "context": batch.context,
+                "context_samples": daemon.store.count_samples(batch.context),
+                "buffer": {"samples": result.usage.samples, "bytes": result.usage.bytes},
+                "evicted": result.evicted,
+                "evicted_contexts": result.evicted_contexts,
+                "job": job.to_dict() if job else None,
+            }
+
+        return await run_in_threadpool(store_batch)
+
+    @app.post("/v1/drift", status_code=202)
+    def post_drift(hint: DriftHint, request: Request) -> dict[str, Any]:
+        outcome = _daemon(request).jobs.hint(hint.context, hint.type, hint.min_samples)
+        status = "merged" if outcome.merged else ("scheduled" if outcome.job else "waiting for samples")
+        return {
+            "status": status,
+            "hint": outcome.hint.to_dict(),
+            "job": outcome.job.to_dict() if outcome.job else None,
+            "context_samples": outcome.samples,
+            "min_samples": outcome.min_samples,
+        }
+
+    @app.post("/v1/jobs", status_code=201)
+    def post_job(body: JobRequest, request: Request) -> dict[str, Any]:
+        if (body.block is None) == (body.drift_type is None):
+            raise PayloadError("give exactly one of block or drift_type", "block")
+        job = _daemon(request).jobs.submit(body.context, body.block or body.drift_type or "")
+        return job.to_dict()
+
+    @app.get("/v1/jobs")
+    def list_jobs(request: Request, state: str | None = None, context: str | None = None, limit: int = 100) -> dict[str, Any]:
+        if state is not None and state not in JOB_STATES:
+            raise PayloadError(f"state must be one of {', '.join(JOB_STATES)}", "state")
+        if not 1 <= limit <= 1000:
+            raise PayloadError("limit must lie in 1..1000", "limit")
+        jobs = _daemon(request).store.list_jobs(state=state, context=context, limit=limit)
+        return {"jobs": [job.to_dict() for job in jobs]}
+
+    @app.get("/v1/jobs/{job_id}")
+    def get_job(job_id: int, request: Request) -> dict[str, Any]:
+        daemon = _daemon(request)
+        job = daemon.store.get_job(job_id).to_dict()
+        if daemon.jobs.running_job == job_id and daemon.jobs.latest_progress is not None:
+            job["progress"] = daemon.jobs.latest_progress
+        energy = daemon.store.get_energy(job_id)
+        job["energy"] = _energy_dict(energy.to_dict()) if energy else None
+        return job
+
+    @app.delete("/v1/jobs/{job_id}")
+    def cancel_job(job_id: int, request: Request) -> dict[str, Any]:
+        job = _daemon(request).jobs.cancel(job_id)
+        return {**job.to_dict(), "cancel_requested": job.state == "running"}
+
+    @app.get("/v1/jobs/{job_id}/power")
+    def job_power(job_id: int, request: Request) -> dict[str, Any]:
+        daemon = _daemon(request)
+        trace = daemon.store.power_trace(job_id)
+        energy = daemon.store.get_energy(job_id)
+        return {
+            "job_id": job_id,
+            "units": {"t": "seconds since the job started", "watts": "W"},
+            "baseline_watts": energy.baseline_watts if energy else None,
+            "source": energy.source if energy else None,
+            "points": [{"t_seconds": p.t_seconds, "watts": p.watts, "source": p.source} for p in trace],
+        }
+
+    @app.post("/v1/predict")
+    async def post_predict(request: Request) -> dict[str, Any]:
+        daemon = _daemon(request)
+        batch = await _read_batch(request, daemon, labelled=False)
+        version, prediction = await run_in_threadpool(daemon.registry.predict, batch.x)
+        return {
+            "model_version": version,
+            "classes": prediction.classes.tolist(),
+            "probabilities": prediction.probabilities.round(6).tolist(),
+        }
+
+    @app.get("/v1/models")
+    def list_models(request: Request) -> dict[str, Any]:
+        daemon = _daemon(request)
+        return {"active": daemon.registry.active.version,
+                "versions": [v.to_dict() for v in daemon.store.list_versions()]}
+
+    @app.post("/v1/models/{version}/activate")
+    def activate_model(version: int, request: Request) -> dict[str, Any]:
+        return _daemon(request).registry.activate(version).to_dict()
+
+    @app.get("/v1/energy")
+    def energy_log(
+        request: Request,
+        since: str | None = None,
+        until: str | None = None,
+        context: str | None = None,
+        block: str | None = None,
+        format: Literal["json", "csv"] = "json",
+    ) -> Response:
+        rows = _daemon(request).store.energy_log(
+            since=_parse_time(since, "since"), until=_parse_time(until, "until"), context=context, block=block
+        )
+        records = [_energy_dict(r.to_dict()) for r in rows]
+        if format == "csv":
+            return PlainTextResponse(_energy_csv(records), media_type="text/csv")
+        return JSONResponse({"units": ENERGY_UNITS, "jobs": records})
+
+    @app.get("/v1/status")
+    def status(request: Request) -> dict[str, Any]:
+        return _status(_daemon(request))
+
+    @app.get("/metrics")
+    def prometheus(request: Request) -> Response:
+        return PlainTextResponse(_metrics(_daemon(request)), media_type=metrics.CONTENT_TYPE)
+
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+ENERGY_UNITS = {"joules": "J", "net_joules": "J", "seconds": "s", "mean_watts": "W", "peak_watts": "W",
+                "baseline_watts": "W", "counter_joules": "J"}
+ENERGY_CSV_COLUMNS = ("job_id", "context", "drift_type", "block", "state", "started_at", "finished_at", "seconds",
+                      "joules", "net_joules", "mean_watts", "peak_watts", "baseline_watts", "counter_joules",
+                      "source", "low_confidence")
+
+
+async def _read_batch(request: Request, daemon: Daemon, labelled: bool) -> SampleBatch:
+    config = daemon.registry.active.config
+    body = await request.body()
+    return decode_samples(
+        body,
+        content_type=request.headers.get("content-type", ""),
+        params={**dict(request.headers), **dict(request.query_params)},
+        input_shape=config.input_shape,
+        num_classes=config.num_classes,
+        max_batch=daemon.settings.max_batch_samples,
+        labelled=labelled,
+    )
+
+
+def _energy_dict(record: dict[str, Any]) -> dict[str, Any]:
+    details = record.pop("details", None) or {}
+    record.pop("trace", None)
+    record["notes"] = details.get("notes", [])
+    record["source_seconds"] = details.get("source_seconds", {})
+    return record
+
+
+def _energy_csv(records: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=ENERGY_CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow(record)
+    return out.getvalue()
+
+
+def _parse_time(value: str | None, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise PayloadError(f"{name}: expected epoch seconds or an ISO 8601 time, got {value!r}", name) from None
+    if parsed.tzinfo is None:
+        raise PayloadError(f"{name}: give a time zone (e.g. {value}Z or +00:00)", name)
+    return parsed.timestamp()
+
+
+def _status(daemon: Daemon) -> dict[str, Any]:
+    usage = daemon.store.buffer_usage()
+    info = daemon.meter.describe()
+    last = daemon.jobs.last_energy
+    if last is None:
+        health = "unknown (no job measured yet)"
+    elif last.get("gaps"):
+        health = f"degraded: {len(last['gaps'])} gap(s) in the last job, covered by the estimator"
+    else:
+        health = "ok"
+    running = daemon.jobs.running_job
+    return {
+        "model_version": daemon.registry.active.version,
+        "buffer": {
+            "samples": usage.samples,
+            "bytes": usage.bytes,
+            "max_samples": daemon.settings.max_buffer_samples,
+            "max_bytes": daemon.settings.max_buffer_bytes,
+            "fill": max(usage.samples / daemon.settings.max_buffer_samples, usage.bytes / daemon.settings.max_buffer_bytes),
+        },
+        "running_job": None if running is None else {"id": running, "progress": daemon.jobs.latest_progress},
+        "queued_jobs": len(daemon.store.list_jobs(state="queued", limit=1000)),
+        "meter": {"kind": info.kind, "model": info.model, "port": info.port, "source": info.source,
+                  "estimate": info.is_estimate, "health": health},
+        "uptime_seconds": time.time() - daemon.started_at,
+    }
+
+
+def _metrics(daemon: Daemon) -> str:
+    store = daemon.store
+    usage = store.buffer_usage()
+    jobs_by_state = {state: 0 for state in JOB_STATES}
+    for job in store.list_jobs(limit=None):
+        jobs_by_state[job.state] = jobs_by_state.get(job.state, 0) + 1
+    energy = store.energy_log()
+    joules_by_block: dict[str, float] = {}
+    seconds_by_block: dict[str, float] = {}
+    for record in energy:
+        block = record.block or "unknown"
+        joules_by_block[block] = joules_by_block.get(block, 0.0) + record.joules
+        seconds_by_block[block] = seconds_by_block.get(block, 0.0) + record.seconds
+    info = daemon.meter.describe()
+    meter_up = 0.0 if info.is_estimate or (daemon.jobs.last_energy or {}).get("gaps") else 1.0
+    families = [
+        metrics.MetricFamily("tbftd_samples_buffered", "gauge", "Labelled samples held in the buffer.").add(usage.samples),
+        metrics.MetricFamily("tbftd_buffer_bytes", "gauge", "Payload bytes held in the buffer.").add(usage.bytes),
+        metrics.MetricFamily("tbftd_jobs", "gauge", "Jobs by state."),
+        metrics.MetricFamily("tbftd_energy_joules_total", "counter", "Energy of fine-tuning jobs, by block."),
+        metrics.MetricFamily("tbftd_training_seconds_total", "counter", "Wall seconds of fine-tuning jobs, by block."),
+        metrics.MetricFamily("tbftd_meter_up", "gauge",
+                             "1 when a power meter measured the last job without gaps, 0 for an estimate or gaps.")
+        .add(meter_up, source=info.source),
+        metrics.MetricFamily("tbftd_model_version", "gauge", "Active model version.").add(daemon.registry.active.version),
+    ]
+    for state, count in jobs_by_state.items():
+        families[2].add(count, state=state)
+    for block, joules in sorted(joules_by_block.items()):
+        families[3].add(joules, block=block)
+        families[4].add(seconds_by_block[block], block=block)
+    return metrics.render(families)

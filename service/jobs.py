@@ -1,0 +1,342 @@
+"""Jobs: scheduling from drift hints, one trainer child at a time, energy, promotion.
+
+The :class:`JobManager` lives in the API process. A worker thread takes the oldest queued job,
+writes its samples to a file, wraps a spawned trainer child (:mod:`service.trainer`) in an
+:class:`~energy.window.EnergyWindow`, relays progress to the store, and on success registers the
+candidate model, promoting it only if it is not worse on the job's validation samples than the
+model it started from. The API's request threads only create, link and cancel rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drift.types import DriftType, resolve_target
+from energy.meter import Meter
+from energy.window import EnergyWindow
+from service.model_registry import ModelRegistry
+from service.settings import Settings
+from service.store import Hint, Job, Store
+from service.trainer import TrainerTask, trainer_main
+
+log = logging.getLogger(__name__)
+
+#: Fewest samples a job may train on (it needs training and validation samples of each class).
+MIN_JOB_SAMPLES = 20
+#: A measured idle baseline is reused for this long before it is measured again.
+BASELINE_MAX_AGE_SECONDS = 900.0
+#: Seconds between progress writes to the database (an SD card dislikes chatty writers).
+PROGRESS_WRITE_INTERVAL_SECONDS = 1.0
+
+
+class JobError(Exception):
+    """A request about jobs that cannot be honoured; the message says why (the API answers 409)."""
+
+
+@dataclass(frozen=True)
+class HintOutcome:
+    """What a drift hint did: merged into a pending job, started one, or waits for samples."""
+
+    hint: Hint
+    job: Job | None
+    merged: bool
+    samples: int
+    min_samples: int
+
+
+class JobManager:
+    """Schedules and runs fine-tuning jobs; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: ModelRegistry,
+        settings: Settings,
+        meter: Meter,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.meter = meter
+        self.on_change = on_change
+        self.jobs_dir = settings.data_dir / "jobs"
+        self._schedule_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._running_job: int | None = None
+        self._running_stop: Any = None
+        self._cancel_requested: set[int] = set()
+        self._baseline: tuple[float, float] | None = None  # (watts, monotonic time measured)
+        self.last_energy: dict[str, Any] | None = None
+        self.latest_progress: dict[str, Any] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> list[int]:
+        """Recover from a crash (running jobs become interrupted) and start the worker thread."""
+        recovered = self.store.mark_running_jobs_interrupted(requeue=self.settings.requeue_interrupted)
+        if recovered:
+            log.warning("jobs %s were running when the daemon stopped: marked interrupted", recovered)
+        shutil.rmtree(self.jobs_dir, ignore_errors=True)
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._work, name="tbftd-jobs", daemon=True)
+        self._thread.start()
+        return recovered
+
+    def shutdown(self, timeout_seconds: float | None = None) -> None:
+        """Stop taking jobs, ask a running job to stop at its next batch, and wait for the worker."""
+        self._closing.set()
+        if self._running_stop is not None:
+            self._running_stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_seconds if timeout_seconds is not None else self.settings.graceful_timeout_seconds)
+
+    @property
+    def running_job(self) -> int | None:
+        """Id of the job now training, if any."""
+        return self._running_job
+
+    # -- scheduling (called from request threads) -------------------------------------------------
+
+    def hint(self, context: str, target: str, min_samples: int | None = None) -> HintOutcome:
+        """Record a drift hint (a drift type, or ``full``/``bn``/a block asked for explicitly)."""
+        block = resolve_target(target, self.settings.block_mapping())
+        drift_type = target if target in {d.value for d in DriftType} else None
+        needed = min_samples if min_samples is not None else self.settings.min_samples
+        with self._schedule_lock:
+            self._check_open()
+            hint = self.store.add_hint(context, drift_type=drift_type, block=block, min_samples=needed)
+            pending = self.store.pending_job_for_context(context)
+            if pending is not None:
+                self.store.link_hints([hint.id], pending.id)
+                return HintOutcome(hint, pending, True, self.store.count_samples(context), needed)
+            job = self._start_if_ready(context)
+        return HintOutcome(hint, job, False, self.store.count_samples(context), needed)
+
+    def samples_added(self, context: str) -> Job | None:
+        """Start a job for ``context`` if a waiting hint now has enough samples."""
+        with self._schedule_lock:
+            if self._closing.is_set():
+                return None
+            return self._start_if_ready(context)
+
+    def submit(self, context: str, target: str) -> Job:
+        """Queue a job now (``POST /v1/jobs``), whatever the hints say."""
+        block = resolve_target(target, self.settings.block_mapping())
+        drift_type = target if target in {d.value for d in DriftType} else None
+        with self._schedule_lock:
+            self._check_open()
+            count = self.store.count_samples(context)
+            if count < MIN_JOB_SAMPLES:
+                raise JobError(f"context {context!r} holds {count} samples; a job needs at least {MIN_JOB_SAMPLES}")
+            pending = self.store.pending_job_for_context(context)
+            if pending is not None:
+                raise JobError(f"context {context!r} already has job {pending.id} {pending.state}")
+            waiting = [h.id for h in self.store.waiting_hints(context)]
+            job = self.store.create_job(context, block=block, drift_type=drift_type, requested_by="api", hint_ids=waiting)
+        self._wake.set()
+        return job
+
+    def cancel(self, job_id: int) -> Job:
+        """Cancel a queued job at once, or ask a running one to stop at its next batch."""
+        job = self.store.transition_job(job_id, ("queued",), "cancelled")
+        if job is not None:
+            self.store.update_job(job_id, finished_at=time.time(), error="cancelled before it started")
+            return self.store.get_job(job_id)
+        current = self.store.get_job(job_id)
+        if current.state != "running":
+            raise JobError(f"job {job_id} is {current.state}; only queued or running jobs can be cancelled")
+        self._cancel_requested.add(job_id)
+        if self._running_job == job_id and self._running_stop is not None:
+            self._running_stop.set()
+        return current
+
+    def _check_open(self) -> None:
+        if self._closing.is_set():
+            raise JobError("the daemon is shutting down and takes no new work")
+
+    def _start_if_ready(self, context: str) -> Job | None:
+        waiting = self.store.waiting_hints(context)
+        if not waiting or self.store.pending_job_for_context(context) is not None:
+            return None
+        newest = waiting[-1]
+        needed = newest.min_samples if newest.min_samples is not None else self.settings.min_samples
+        if self.store.count_samples(context) < max(needed, MIN_JOB_SAMPLES):
+            return None
+        job = self.store.create_job(
+            context,
+            block=newest.block,
+            drift_type=newest.drift_type,
+            requested_by="hint",
+            min_samples=needed,
+            hint_ids=[h.id for h in waiting],
+        )
+        self._wake.set()
+        return job
+
+    # -- the worker -------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._closing.is_set():
+            job = self.store.claim_next_job()
+            if job is None:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            try:
+                self._run(job)
+            except Exception as exc:  # a bug or an I/O error must not kill the worker
+                log.exception("job %s failed", job.id)
+                self._finish(job.id, "failed", error=f"{type(exc).__name__}: {exc}")
+            finally:
+                self._running_job = None
+                self._running_stop = None
+                self._cancel_requested.discard(job.id)
+                self.latest_progress = None
+                if self.on_change is not None:
+                    self.on_change()
+
+    def _run(self, job: Job) -> None:
+        active = self.registry.active
+        x, y, ids = self.store.load_samples(job.context)
+        if len(ids) < MIN_JOB_SAMPLES:
+            self._finish(job.id, "failed", error=f"context holds {len(ids)} samples; a job needs at least {MIN_JOB_SAMPLES}")
+            return
+        if tuple(x.shape[1:]) != active.config.input_shape:
+            self._finish(job.id, "failed", error=f"samples have shape {tuple(x.shape[1:])}, the model expects {active.config.input_shape}")
+            return
+        samples_path = self.jobs_dir / f"job-{job.id}-samples.npz"
+        np.savez(samples_path, x=x, y=y)
+        del x
+        output = self.registry.candidate_path(job.id)
+        block = job.block or "full"
+        task = TrainerTask(
+            job_id=job.id,
+            block=block,
+            model_path=str(self.store.get_version(active.version).path),
+            samples_path=str(samples_path),
+            output_path=str(output),
+            finetune={"epochs": self.settings.epochs, "batch_size": self.settings.batch_size, "bn_mode": self.settings.bn_mode},
+            val_fraction=self.settings.val_fraction,
+            seed=self.settings.seed,
+            threads=self.settings.trainer_thread_count(),
+            nice=self.settings.trainer_nice,
+        )
+        self.store.update_job(job.id, model_version_in=active.version, sample_count=len(ids),
+                              sample_ids=[ids[0], ids[-1]] if ids else None)
+        try:
+            outcome, payload, energy = self._train(job.id, task)
+        finally:
+            samples_path.unlink(missing_ok=True)
+        self.store.save_energy(job.id, energy)
+        self.last_energy = energy
+        if outcome == "result" and not payload["cancelled"]:
+            self._promote(job, active.version, block, payload, output)
+        elif outcome == "result":
+            self._finish(job.id, "cancelled", accuracy_before=payload["accuracy_before"], error="cancelled while training",
+                         progress={**(self.latest_progress or {}), "result": payload})
+        else:
+            output.unlink(missing_ok=True)
+            self._finish(job.id, "failed", error=str(payload))
+
+    def _train(self, job_id: int, task: TrainerTask) -> tuple[str, Any, dict[str, Any]]:
+        """Run the child inside an energy window; returns (outcome, payload, energy summary)."""
+        context = multiprocessing.get_context("spawn")
+        events = context.Queue()
+        stop = context.Event()
+        self._running_job, self._running_stop = job_id, stop
+        if job_id in self._cancel_requested or self._closing.is_set():
+            stop.set()
+        window = EnergyWindow(self.meter, baseline_seconds=self.settings.baseline_seconds,
+                              baseline_watts=self._remembered_baseline())
+        window.start()
+        process = context.Process(target=trainer_main, args=(task, events, stop), name=f"tbftd-trainer-{job_id}", daemon=True)
+        process.start()
+        outcome, payload = "error", "the trainer exited without a result"
+        last_write = 0.0
+        stop_sent_at: float | None = None
+        while True:
+            try:
+                kind, data = events.get(timeout=0.25)
+            except queue.Empty:
+                if stop.is_set() and stop_sent_at is None:
+                    stop_sent_at = time.monotonic()
+                if stop_sent_at is not None and time.monotonic() - stop_sent_at > self.settings.trainer_grace_seconds:
+                    _terminate(process)
+                    outcome, payload = "error", "the trainer did not stop in time and was killed"
+                    break
+                if not process.is_alive():
+                    payload = f"the trainer exited with code {process.exitcode} without a result"
+                    break
+                continue
+            if kind == "progress":
+                self.latest_progress = data
+                now = time.monotonic()
+                if now - last_write >= PROGRESS_WRITE_INTERVAL_SECONDS or data.get("phase") == "validate":
+                    self.store.update_job(job_id, progress=data)
+                    last_write = now
+                continue
+            outcome, payload = kind, data
+            break
+        process.join(timeout=self.settings.trainer_grace_seconds)
+        if process.is_alive():
+            _terminate(process)
+        result = window.stop()
+        if result.baseline_watts is not None and result.baseline_source not in (None, "remembered"):
+            self._baseline = (result.baseline_watts, time.monotonic())
+        return outcome, payload, result.to_dict()
+
+    def _remembered_baseline(self) -> float | None:
+        if self._baseline is None:
+            return None
+        watts, measured_at = self._baseline
+        return watts if time.monotonic() - measured_at < BASELINE_MAX_AGE_SECONDS else None
+
+    def _promote(self, job: Job, parent: int, block: str, payload: dict[str, Any], output: Path) -> None:
+        before, after = payload["accuracy_before"], payload["accuracy_after"]
+        promoted = after >= before - self.settings.promote_margin
+        reason = (f"validation accuracy {after:.4f} vs {before:.4f} of version {parent}"
+                  f" (margin {self.settings.promote_margin})")
+        version = self.registry.register(
+            output,
+            parent_version=parent,
+            job_id=job.id,
+            accuracy={"before": before, "after": after, "val_samples": payload["val_samples"]},
+            activate=promoted,
+            notes=f"{block} on context {job.context}" + ("" if promoted else " (not promoted)"),
+        )
+        self.registry.prune(self.settings.keep_versions)
+        self._finish(
+            job.id,
+            "succeeded",
+            accuracy_before=before,
+            accuracy_after=after,
+            model_version_out=version,
+            decision={"promoted": promoted, "reason": reason, "block": block, "version": version},
+            progress={**(self.latest_progress or {}), "result": payload},
+        )
+
+    def _finish(self, job_id: int, state: str, **changes: Any) -> None:
+        self.store.update_job(job_id, state=state, finished_at=time.time(), **changes)
+
+
+def _terminate(process: Any) -> None:
+    process.terminate()
+    process.join(5.0)
+    if process.is_alive():
+        process.kill()
+        process.join(5.0)

@@ -1,0 +1,136 @@
+"""The trainer child: one fine-tuning job in its own process, away from the API's event loop.
+
+The daemon starts :func:`trainer_main` with the ``spawn`` start method (``fork`` can deadlock with
+torch's OpenMP threads). The child lowers its priority, uses ``cores − 1`` torch threads, ignores
+Ctrl+C (the parent decides when it stops), never talks to systemd, and stops cooperatively at the
+next batch when the parent sets the stop event. It reports through a queue of ``(kind, payload)``
+tuples: ``("progress", dict)`` at most a few times a second, then one ``("result", dict)`` or
+``("error", str)``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+#: Variables through which systemd talks to the daemon; the trainer must never use them.
+SYSTEMD_NOTIFY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+#: Minimum seconds between two progress messages (validation results always go through).
+PROGRESS_INTERVAL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class TrainerTask:
+    """Everything the child needs, as plain values (it is pickled across the spawn)."""
+
+    job_id: int
+    block: str
+    model_path: str
+    samples_path: str
+    output_path: str
+    finetune: dict[str, Any] = field(default_factory=dict)
+    val_fraction: float = 0.2
+    seed: int = 0
+    threads: int = 1
+    nice: int = 10
+
+
+class EventSink(Protocol):
+    """The parent's end of the report channel (a multiprocessing queue)."""
+
+    def put(self, item: tuple[str, Any]) -> None: ...
+
+
+class StopFlag(Protocol):
+    """Set by the parent to ask the job to stop at the next batch."""
+
+    def is_set(self) -> bool: ...
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, val)``: ``val_fraction`` of each class to validation, at least one sample
+    of every class with two or more in training and in validation. Deterministic under ``seed``."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        if len(members) < 2:
+            train.extend(members.tolist())
+            continue
+        n_val = min(len(members) - 1, max(1, int(round(len(members) * val_fraction))))
+        val.extend(members[:n_val].tolist())
+        train.extend(members[n_val:].tolist())
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+
+
+def trainer_main(task: TrainerTask, events: EventSink, stop: StopFlag) -> None:
+    """Child process entry point."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in SYSTEMD_NOTIFY_VARIABLES:
+        os.environ.pop(name, None)
+    try:
+        os.nice(task.nice)
+    except OSError:
+        pass  # not permitted here; training still works, only less politely
+    try:
+        events.put(("result", run_task(task, events.put, stop.is_set)))
+    except Exception as exc:  # reported to the parent, which records the job as failed
+        events.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def run_task(
+    task: TrainerTask,
+    emit: Callable[[tuple[str, Any]], None],
+    should_stop: Callable[[], bool],
+) -> dict[str, Any]:
+    """Load the model and samples, split them, fine-tune, save the candidate; returns a summary."""
+    import torch
+
+    from device.checkpoint import load_checkpoint, save_checkpoint
+    from device.finetune import FinetuneConfig, Progress, finetune
+    from device.samples import Samples
+
+    torch.set_num_threads(max(1, task.threads))
+    model = load_checkpoint(task.model_path).model
+    with np.load(task.samples_path, allow_pickle=False) as data:
+        x, y = data["x"], data["y"]
+    train_index, val_index = stratified_split(y, task.val_fraction, task.seed)
+    if len(train_index) == 0 or len(val_index) == 0:
+        raise ValueError(f"{len(y)} samples cannot be split into training and validation")
+    train = Samples.from_arrays(x[train_index], y[train_index])
+    val = Samples.from_arrays(x[val_index], y[val_index])
+    last_sent = [0.0]
+
+    def on_progress(progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.phase == "train" and now - last_sent[0] < PROGRESS_INTERVAL_SECONDS:
+            return
+        last_sent[0] = now
+        emit(("progress", _progress_dict(progress)))
+
+    config = FinetuneConfig(**{**task.finetune, "seed": task.seed})
+    result = finetune(model, task.block, train, val, config, on_progress=on_progress, should_stop=should_stop)
+    if not result.cancelled:
+        save_checkpoint(task.output_path, model, extra={"job_id": task.job_id, "finetune": result.summary()})
+    return {
+        **result.summary(),
+        "train_samples": len(train),
+        "val_samples": len(val),
+        "train_losses": result.train_losses,
+        "val_losses": result.val_losses,
+        "val_accuracies": result.val_accuracies,
+    }
+
+
+def _progress_dict(progress: Any) -> dict[str, Any]:
+    data = asdict(progress)
+    # NaN is not JSON; the store and the API hand progress out as JSON.
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in data.items()}

@@ -1,0 +1,286 @@
+"""The HTTP API against the real app, a real SQLite file and real trainer child processes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from device.checkpoint import save_checkpoint
+from device.model import ModelConfig, ResNet26
+from service.app import create_app
+from service.payloads import encode_json_batch, encode_npy_batch, encode_raw_batch
+from service.settings import Settings, load_settings
+from service.store import Store
+from tests.factories import colour_samples
+
+TERMINAL = {"succeeded", "failed", "cancelled", "interrupted"}
+
+
+@pytest.fixture(scope="module")
+def base_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small untrained 4-class base model: fast to fine-tune, and anything learnt shows."""
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("base") / "base.pt", ResNet26(ModelConfig(num_classes=4)))
+
+
+def make_settings(tmp_path: Path, base_model_path: Path, **overrides: Any) -> Settings:
+    values = {
+        "data_dir": tmp_path / "data",
+        "base_model": base_model_path,
+        "meter_kind": "estimate",
+        "baseline_seconds": 0,
+        "epochs": 3,
+        "batch_size": 32,
+        "min_samples": 40,
+        "trainer_threads": 1,
+        **overrides,
+    }
+    return load_settings(env={}, overrides=values)
+
+
+@pytest.fixture
+def client(tmp_path: Path, base_model_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(tmp_path, base_model_path))) as test_client:
+        yield test_client
+
+
+def post_colour_samples(client: TestClient, count: int, seed: int, context: str = "cam-1") -> dict[str, Any]:
+    samples = colour_samples(count, seed)
+    body = encode_json_batch(samples.x.numpy(), samples.y.numpy(), context=context, device_id="dev-7")
+    response = client.post("/v1/samples", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def wait_for_job(client: TestClient, job_id: int, timeout_seconds: float = 180.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in TERMINAL:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+# -- ingest -------------------------------------------------------------------------------------------
+
+
+def test_samples_in_every_format_are_stored_exactly(client: TestClient, tmp_path: Path) -> None:
+    x = np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    labels = [0, 1, 3]
+    assert client.post("/v1/samples", json=encode_json_batch(x, labels, context="a")).status_code == 201
+    raw, params = encode_raw_batch(x)
+    response = client.post("/v1/samples", content=raw, params={**params, "labels": "0,1,3", "context": "b"},
+                           headers={"content-type": "application/octet-stream"})
+    assert response.status_code == 201, response.text
+    response = client.post("/v1/samples?labels=0,1,3&context=c", content=encode_npy_batch(x),
+                           headers={"content-type": "application/x-npy"})
+    assert response.status_code == 201, response.text
+    nested = {"samples": (x[:1].astype(np.float32) / 255).tolist(), "labels": [2], "context": "d"}
+    assert client.post("/v1/samples", json=nested).status_code == 201
+
+    store = Store.open(tmp_path / "data" / "tbftd.sqlite3")
+    try:
+        for context in "abc":
+            stored, stored_labels, _ = store.load_samples(context)
+            assert np.array_equal(stored, x) and stored.dtype == np.uint8
+            assert stored_labels.tolist() == labels
+        stored, _, _ = store.load_samples("d")
+        assert stored.dtype == np.float32 and np.allclose(stored[0] * 255, x[0], atol=1e-3)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({"dtype": "uint8", "shape": [1, 3, 28, 28], "data": "AAAA", "labels": [0]}, 422, "does not match the model input"),
+        ({"samples": [[[[0.5] * 32] * 32] * 3], "labels": [7]}, 422, "out of range"),
+        ({"samples": [[[[float("nan")] * 32] * 32] * 3], "labels": [1]}, 422, "finite"),
+        ({"dtype": "int16", "shape": [1, 3, 32, 32], "data": "AAAA", "labels": [0]}, 422, "dtype"),
+        ({"dtype": "uint8", "shape": [1, 3, 32, 32], "data": "!!!", "labels": [0]}, 422, "base64"),
+        ({"samples": [[[[0.5] * 32] * 32] * 3], "labels": [1], "context": "no spaces"}, 422, "context"),
+        ({"samples": [[[[0.5] * 32] * 32] * 3], "labels": [1, 2]}, 422, "labels"),
+    ],
+)
+def test_bad_samples_get_a_4xx_that_names_the_problem(client: TestClient, body: dict, status: int, words: str) -> None:
+    response = client.post("/v1/samples", content=_json_with_nan(body), headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+    assert client.get("/v1/status").json()["buffer"]["samples"] == 0
+
+
+def _json_with_nan(body: dict) -> bytes:
+    import json
+
+    return json.dumps(body).encode()  # json.dumps writes NaN, as a sloppy device would
+
+
+def test_malformed_bodies_and_unknown_types_are_4xx(client: TestClient) -> None:
+    response = client.post("/v1/samples", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "JSON" in response.json()["error"]
+    response = client.post("/v1/samples", content=b"x", headers={"content-type": "text/plain"})
+    assert response.status_code == 415 and "content type" in response.json()["error"]
+
+
+def test_batch_size_limit(tmp_path: Path, base_model_path: Path) -> None:
+    settings = make_settings(tmp_path, base_model_path, max_batch_samples=4)
+    with TestClient(create_app(settings)) as client:
+        samples = colour_samples(5, 0)
+        response = client.post("/v1/samples", json=encode_json_batch(samples.x.numpy(), samples.y.numpy()))
+        assert response.status_code == 422 and "exceeds the limit of 4" in response.json()["error"]
+
+
+def test_body_cap_with_and_without_content_length(tmp_path: Path, base_model_path: Path) -> None:
+    settings = make_settings(tmp_path, base_model_path, max_body_bytes=4096)
+    with TestClient(create_app(settings)) as client:
+        big = b"\0" * 10_000
+        response = client.post("/v1/samples?dtype=uint8&shape=1,3,32,32&labels=0", content=big,
+                               headers={"content-type": "application/octet-stream"})
+        assert response.status_code == 413 and "4096" in response.json()["error"]
+
+        def chunks() -> Iterator[bytes]:
+            for _ in range(10):
+                yield b"\0" * 1000
+
+        response = client.post("/v1/samples?dtype=uint8&shape=1,3,32,32&labels=0", content=chunks(),
+                               headers={"content-type": "application/octet-stream"})
+        assert response.status_code == 413
+        assert client.get("/v1/status").json()["buffer"]["samples"] == 0
+
+
+def test_eviction_is_reported(tmp_path: Path, base_model_path: Path) -> None:
+    settings = make_settings(tmp_path, base_model_path, max_buffer_samples=50)
+    with TestClient(create_app(settings)) as client:
+        post_colour_samples(client, 40, 0, context="old")
+        reply = post_colour_samples(client, 30, 1, context="new")
+        assert reply["evicted"] == 20 and reply["evicted_contexts"] == {"old": 20}
+        assert client.get("/v1/status").json()["buffer"]["samples"] == 50
+
+
+# -- auth -----------------------------------------------------------------------------------------
+
+
+def test_token_guards_everything_but_healthz(tmp_path: Path, base_model_path: Path) -> None:
+    settings = make_settings(tmp_path, base_model_path, host="0.0.0.0", api_token="s3cret")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        for path in ("/v1/status", "/metrics", "/v1/jobs", "/openapi.json"):
+            response = client.get(path)
+            assert response.status_code == 401 and "bearer token" in response.json()["error"], path
+        assert client.get("/v1/status", headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/v1/status", headers={"authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path: Path, base_model_path: Path) -> None:
+    with pytest.raises(ValueError, match="api_token"):
+        make_settings(tmp_path, base_model_path, host="0.0.0.0")
+
+
+# -- jobs -------------------------------------------------------------------------------------------
+
+
+def test_hint_waits_for_samples_then_trains_promotes_and_logs_energy(client: TestClient) -> None:
+    reply = client.post("/v1/drift", json={"type": "output", "context": "cam-1"}).json()
+    assert reply["status"] == "waiting for samples" and reply["job"] is None
+    post_colour_samples(client, 20, 1)
+    reply = post_colour_samples(client, 100, 2)
+    assert reply["job"] is not None and reply["job"]["block"] == "fc"
+    job = wait_for_job(client, reply["job"]["id"])
+    assert job["state"] == "succeeded", job
+    assert job["drift_type"] == "output" and job["sample_count"] == 120
+    assert job["accuracy_after"] > job["accuracy_before"]
+    assert job["decision"]["promoted"] is True
+    assert job["energy"]["joules"] > 0 and job["energy"]["source"].startswith("estimate")
+
+    models = client.get("/v1/models").json()
+    assert models["active"] == job["model_version_out"] == 2
+    assert sorted(v["version"] for v in models["versions"]) == [1, 2]
+    power = client.get(f"/v1/jobs/{job['id']}/power").json()
+    assert len(power["points"]) >= 2 and power["units"]["watts"] == "W"
+
+    energy = client.get("/v1/energy").json()
+    assert energy["units"]["joules"] == "J" and [r["job_id"] for r in energy["jobs"]] == [job["id"]]
+    rows = list(csv.DictReader(io.StringIO(client.get("/v1/energy?format=csv").text)))
+    assert rows[0]["block"] == "fc" and float(rows[0]["joules"]) == pytest.approx(job["energy"]["joules"])
+    assert client.get("/v1/energy?block=block1").json()["jobs"] == []
+    assert client.get("/v1/energy?context=cam-1&since=2000-01-01T00:00:00Z").json()["jobs"]
+    assert client.get("/v1/energy?since=yesterday").status_code == 422
+
+    text = client.get("/metrics").text
+    assert 'tbftd_jobs{state="succeeded"} 1' in text
+    assert 'tbftd_energy_joules_total{block="fc"}' in text and "tbftd_samples_buffered 120" in text
+
+
+def test_repeated_hints_merge_into_the_pending_job(client: TestClient) -> None:
+    post_colour_samples(client, 60, 1)
+    first = client.post("/v1/drift", json={"type": "input", "context": "cam-1"}).json()
+    second = client.post("/v1/drift", json={"type": "input", "context": "cam-1"}).json()
+    assert first["status"] == "scheduled" and second["status"] == "merged"
+    assert second["job"]["id"] == first["job"]["id"]
+    wait_for_job(client, first["job"]["id"])
+    assert len(client.get("/v1/jobs").json()["jobs"]) == 1
+
+
+def test_explicit_jobs_cancellation_and_conflicts(client: TestClient) -> None:
+    assert client.post("/v1/jobs", json={"context": "cam-1", "block": "full"}).status_code == 409  # no samples
+    post_colour_samples(client, 200, 1)
+    assert client.post("/v1/jobs", json={"context": "cam-1"}).status_code == 422
+    assert client.post("/v1/jobs", json={"context": "cam-1", "block": "layer9"}).status_code == 422
+    job = client.post("/v1/jobs", json={"context": "cam-1", "block": "full"}).json()
+    assert client.post("/v1/jobs", json={"context": "cam-1", "block": "fc"}).status_code == 409
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/jobs/{job['id']}").json()["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.delete(f"/v1/jobs/{job['id']}").json()["cancel_requested"] is True
+    done = wait_for_job(client, job["id"])
+    assert done["state"] == "cancelled" and done["energy"]["seconds"] > 0
+    assert client.get("/v1/models").json()["active"] == 1
+    assert client.delete(f"/v1/jobs/{job['id']}").status_code == 409
+    assert client.get("/v1/jobs/999").status_code == 404
+
+
+def test_predict_and_rollback(client: TestClient) -> None:
+    samples = colour_samples(8, 5)
+    body = encode_json_batch(samples.x.numpy(), None)
+    reply = client.post("/v1/predict", json=body).json()
+    assert reply["model_version"] == 1 and len(reply["classes"]) == 8
+    assert np.allclose(np.sum(reply["probabilities"], axis=1), 1, atol=1e-4)
+    post_colour_samples(client, 100, 1)
+    job = client.post("/v1/jobs", json={"context": "cam-1", "block": "fc"}).json()
+    assert wait_for_job(client, job["id"])["state"] == "succeeded"
+    assert client.post("/v1/predict", json=body).json()["model_version"] == 2
+    assert client.post("/v1/models/1/activate").json()["active"] is True
+    assert client.post("/v1/predict", json=body).json()["model_version"] == 1
+    assert client.post("/v1/models/42/activate").status_code == 404
+
+
+def test_running_jobs_left_by_a_crash_become_interrupted(tmp_path: Path, base_model_path: Path) -> None:
+    settings = make_settings(tmp_path, base_model_path)
+    settings.data_dir.mkdir(parents=True)
+    store = Store.open(settings.database_path)
+    job = store.create_job("cam-1", block="fc", state="running")
+    store.close()
+    (settings.models_dir).mkdir(parents=True)
+    partial = settings.models_dir / ".partial-job-1.pt.abc"
+    partial.write_bytes(b"half a model")
+    with TestClient(create_app(settings)) as client:
+        assert client.get(f"/v1/jobs/{job.id}").json()["state"] == "interrupted"
+    assert not partial.exists()
+
+
+def test_status_and_openapi(client: TestClient) -> None:
+    status = client.get("/v1/status").json()
+    assert status["model_version"] == 1 and status["running_job"] is None
+    assert status["meter"]["estimate"] is True and status["meter"]["source"].startswith("estimate")
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/samples", "/v1/drift", "/v1/jobs", "/v1/predict", "/v1/energy"} <= set(paths)
