@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
 
 from service.cli import CLIError
 from service.settings import SettingsError, add_arguments, settings_from_args
@@ -40,6 +45,35 @@ def configure_logging(level: str) -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
 
+def daemon_server_class() -> type:
+    """A ``uvicorn.Server`` that handles SIGTERM and SIGINT itself and exits with status 0.
+
+    uvicorn re-raises the stop signal once it has shut down, so a clean stop would look like a
+    death by SIGTERM. Here the first signal starts the graceful shutdown and a second one forces it.
+    """
+    import uvicorn
+
+    class DaemonServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+        def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+            logging.getLogger(__name__).info("received %s", signal.Signals(signum).name)
+            self.handle_exit(signum, frame)  # first: graceful; again: force_exit
+
+    return DaemonServer
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``tbftd serve``."""
     parser = subparsers.add_parser(
@@ -72,6 +106,6 @@ def run_serve(args: argparse.Namespace) -> int:
         # Without it uvicorn waits for keep-alive clients forever before the lifespan shutdown runs.
         timeout_graceful_shutdown=int(max(1, settings.graceful_timeout_seconds)),
     )
-    server = uvicorn.Server(config)
+    server = daemon_server_class()(config)
     server.run()
     return 0 if server.started else 1
