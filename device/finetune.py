@@ -44,13 +44,17 @@ class FinetuneConfig:
     """Fine-tuning settings; the defaults are the paper's.
 
     ``lr`` None means 1e-3, or 1e-2 for ``fc`` (the classifier needs the larger step, as in the
-    paper). ``patience`` None disables early stopping. ``cache_budget_bytes`` bounds the memory
+    paper). ``patience`` None disables early stopping. ``micro_batch_size`` splits each batch into
+    forward/backward passes of at most that many samples whose gradients are accumulated before
+    the step: the optimizer sees the same batch, peak activation memory shrinks in proportion;
+    only BatchNorm layers in train mode see the smaller batches. ``cache_budget_bytes`` bounds the memory
     spent on cached prefix activations (training and validation together); ``cache_spill_dir``
     lets activations over the budget go to a temporary file there instead of being recomputed.
     """
 
     epochs: int = 10
     batch_size: int = 128
+    micro_batch_size: int | None = None
     lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -66,6 +70,8 @@ class FinetuneConfig:
             raise ValueError("epochs must be at least 1")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("batch sizes must be at least 1")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError("micro_batch_size must be at least 1 (or None for whole batches)")
         if self.lr is not None and self.lr <= 0:
             raise ValueError("lr must be positive")
         if self.patience is not None and self.patience < 1:
@@ -279,17 +285,22 @@ class _Run:
             epoch_loss = 0.0
             epoch_started = time.perf_counter()
             seen = 0
+            micro = config.micro_batch_size or config.batch_size
             for batch_number, index in enumerate(order.split(config.batch_size), start=1):
                 self.check_stop()
-                logits = tail(train_source.batch(index))
-                loss = F.cross_entropy(logits, self.train.y[index])
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                batch_loss = 0.0
+                for part in index.split(micro):
+                    logits = tail(train_source.batch(part))
+                    # Summed and divided by the whole batch: the accumulated gradient is the batch mean's.
+                    loss = F.cross_entropy(logits, self.train.y[part], reduction="sum") / int(index.shape[0])
+                    loss.backward()
+                    batch_loss += loss.item()
                 optimizer.step()
                 seen += int(index.shape[0])
-                epoch_loss += loss.item() * int(index.shape[0])
+                epoch_loss += batch_loss * int(index.shape[0])
                 rate = seen / max(time.perf_counter() - epoch_started, 1e-9)
-                self.report(Progress("train", epoch, config.epochs, batch_number, batches, loss.item(), rate))
+                self.report(Progress("train", epoch, config.epochs, batch_number, batches, batch_loss, rate))
             self.samples_seen += seen
             self.epochs_run = epoch
             self.train_losses.append(epoch_loss / seen)

@@ -12,6 +12,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "service.serve",
     "service.learner_commands",
     "service.meter_commands",
+    "service.config_commands",
 )
 
 
@@ -50,4 +51,8 @@ class CLIError(Exception):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run as ``python -m service.cli`` this file is ``__main__``; delegate to the imported module
+    # so that CLIError raised by subcommands is the class caught above.
+    from service.cli import main as package_main
+
+    raise SystemExit(package_main())

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from drift.types import DriftType, resolve_target
-from energy.meter import Meter
+from energy.meter import Meter, MeterSample
 from energy.window import EnergyWindow
 from service.model_registry import ModelRegistry
 from service.settings import Settings
@@ -38,6 +38,9 @@ MIN_JOB_SAMPLES = 20
 BASELINE_MAX_AGE_SECONDS = 900.0
 #: Seconds between progress writes to the database (an SD card dislikes chatty writers).
 PROGRESS_WRITE_INTERVAL_SECONDS = 1.0
+#: Seconds :meth:`JobManager.shutdown` waits beyond ``trainer_grace_seconds`` by default: time to
+#: terminate, then kill, a trainer that ignores the stop event (5 s each), and to record the job.
+SHUTDOWN_MARGIN_SECONDS = 15.0
 
 
 class JobError(Exception):
@@ -75,9 +78,11 @@ class JobManager:
         self._schedule_lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = threading.Event()
+        self._forced = threading.Event()
         self._thread: threading.Thread | None = None
         self._running_job: int | None = None
         self._running_stop: Any = None
+        self._running_window: EnergyWindow | None = None
         self._cancel_requested: set[int] = set()
         self._baseline: tuple[float, float] | None = None  # (watts, monotonic time measured)
         self.last_energy: dict[str, Any] | None = None
@@ -96,19 +101,40 @@ class JobManager:
         self._thread.start()
         return recovered
 
-    def shutdown(self, timeout_seconds: float | None = None) -> None:
-        """Stop taking jobs, ask a running job to stop at its next batch, and wait for the worker."""
+    def request_stop(self, *, force: bool = False) -> None:
+        """Stop taking jobs and ask a running job to stop at its next batch (it is recorded
+        cancelled, with its energy); ``force`` terminates the trainer now instead. Returns at once."""
         self._closing.set()
+        if force:
+            self._forced.set()
         if self._running_stop is not None:
             self._running_stop.set()
         self._wake.set()
+
+    def shutdown(self, timeout_seconds: float | None = None) -> None:
+        """:meth:`request_stop`, then wait for the worker to record the job and finish.
+
+        The default wait covers a trainer that has to be terminated after ``trainer_grace_seconds``.
+        """
+        self.request_stop()
+        if timeout_seconds is None:
+            timeout_seconds = self.settings.trainer_grace_seconds + SHUTDOWN_MARGIN_SECONDS
         if self._thread is not None:
-            self._thread.join(timeout_seconds if timeout_seconds is not None else self.settings.graceful_timeout_seconds)
+            self._thread.join(timeout_seconds)
+            if self._thread.is_alive():
+                log.error("the job worker did not stop within %.0f s; a running job will be marked "
+                          "interrupted at the next start", timeout_seconds)
 
     @property
     def running_job(self) -> int | None:
         """Id of the job now training, if any."""
         return self._running_job
+
+    @property
+    def latest_power(self) -> MeterSample | None:
+        """The latest power reading of the running job (meter or estimate), if any."""
+        window = self._running_window
+        return window.latest_sample if window is not None else None
 
     # -- scheduling (called from request threads) -------------------------------------------------
 
@@ -205,6 +231,7 @@ class JobManager:
             finally:
                 self._running_job = None
                 self._running_stop = None
+                self._running_window = None
                 self._cancel_requested.discard(job.id)
                 self.latest_progress = None
                 if self.on_change is not None:
@@ -230,7 +257,14 @@ class JobManager:
             model_path=str(self.store.get_version(active.version).path),
             samples_path=str(samples_path),
             output_path=str(output),
-            finetune={"epochs": self.settings.epochs, "batch_size": self.settings.batch_size, "bn_mode": self.settings.bn_mode},
+            finetune={
+                "epochs": self.settings.epochs,
+                "batch_size": self.settings.batch_size,
+                "micro_batch_size": self.settings.micro_batch_size,
+                "eval_batch_size": self.settings.micro_batch_size,
+                "bn_mode": self.settings.bn_mode,
+                "cache_budget_bytes": self.settings.cache_budget_bytes,
+            },
             val_fraction=self.settings.val_fraction,
             seed=self.settings.seed,
             threads=self.settings.trainer_thread_count(),
@@ -249,6 +283,9 @@ class JobManager:
         elif outcome == "result":
             self._finish(job.id, "cancelled", accuracy_before=payload["accuracy_before"], error="cancelled while training",
                          progress={**(self.latest_progress or {}), "result": payload})
+        elif outcome == "cancelled":
+            output.unlink(missing_ok=True)
+            self._finish(job.id, "cancelled", error=str(payload))
         else:
             output.unlink(missing_ok=True)
             self._finish(job.id, "failed", error=str(payload))
@@ -263,7 +300,11 @@ class JobManager:
             stop.set()
         window = EnergyWindow(self.meter, baseline_seconds=self.settings.baseline_seconds,
                               baseline_watts=self._remembered_baseline())
+        self._running_window = window
         window.start()
+        if self._closing.is_set():
+            # The daemon began to stop during the baseline: no point starting a trainer.
+            return "cancelled", "cancelled before the trainer started: the daemon is stopping", window.stop().to_dict()
         process = context.Process(target=trainer_main, args=(task, events, stop), name=f"tbftd-trainer-{job_id}", daemon=True)
         process.start()
         outcome, payload = "error", "the trainer exited without a result"
@@ -275,6 +316,10 @@ class JobManager:
             except queue.Empty:
                 if stop.is_set() and stop_sent_at is None:
                     stop_sent_at = time.monotonic()
+                if stop_sent_at is not None and self._forced.is_set():
+                    _terminate(process)
+                    outcome, payload = "cancelled", "the trainer was terminated: the daemon was told twice to stop"
+                    break
                 if stop_sent_at is not None and time.monotonic() - stop_sent_at > self.settings.trainer_grace_seconds:
                     _terminate(process)
                     outcome, payload = "error", "the trainer did not stop in time and was killed"

@@ -178,7 +178,21 @@ class Settings:
         10, "Training epochs per job (early stopping may end it sooner).", minimum=1
     )
     batch_size: int = setting(
-        128, "Training batch size; lower it to save memory on a small board.", minimum=1
+        128, "Training batch size (the optimizer's step; the paper's 128).", minimum=1
+    )
+    micro_batch_size: int = setting(
+        32,
+        "Samples per forward/backward pass; gradients of a batch's passes are accumulated, so "
+        "peak training memory follows this, not `batch_size` (BatchNorm in train mode sees the "
+        "smaller batches).",
+        minimum=1,
+    )
+    cache_budget_bytes: int = setting(
+        128 * _MEBIBYTE,
+        "Memory a job may spend on cached activations of the frozen layers in front of its "
+        "block; above it they are recomputed. Accepts a suffix: 128MiB.",
+        minimum=0,
+        size=True,
     )
     bn_mode: BNMode = setting(
         "adapt",

@@ -181,3 +181,11 @@ def test_input_shape_must_match_the_model(model: ResNet26, val_samples: Samples)
         finetune(model, "fc", wrong, val_samples)
     with pytest.raises(ValueError, match="unknown block"):
         finetune(model, "layer9", val_samples, val_samples)
+
+
+def test_micro_batches_accumulate_to_the_same_step(model: ResNet26, train_samples: Samples, val_samples: Samples) -> None:
+    # fc has no BatchNorm in train mode, so splitting batches must not change the optimisation.
+    whole = finetune(clone(model), "fc", train_samples, val_samples, FinetuneConfig(**QUICK))
+    split = finetune(clone(model), "fc", train_samples, val_samples, FinetuneConfig(micro_batch_size=7, **QUICK))
+    assert split.train_losses == pytest.approx(whole.train_losses, rel=1e-5)
+    assert all(torch.allclose(whole.block_state[k], split.block_state[k], atol=1e-6) for k in whole.block_state)

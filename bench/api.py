@@ -1,0 +1,833 @@
+"""API benchmark: a real ``tbftd serve`` on loopback, measured as devices would use it, in one run.
+
+Starts the daemon as a subprocess (the ``tbftd`` script beside this Python, else ``python -m
+service.cli``) on 127.0.0.1 with a free ephemeral port, a temporary data directory and the
+estimating meter, waits for ``/healthz``, then measures:
+
+1. ingest throughput: batches of 64 uint8 samples posted to ``/v1/samples`` as
+   ``application/octet-stream`` (the cheapest device path) and, for comparison, as base64 JSON,
+   over one keep-alive connection;
+2. ``/v1/predict`` latency (one sample per request) with the daemon idle and while a ``full`` job
+   trains, and the ratio of the two p99s;
+3. peak resident memory (RSS, sampled every 0.1 s for the whole run) of the daemon and of its
+   trainer child, and of the two together.
+
+One table with the figures, the targets and pass/fail, and JSON with every figure beside it.
+The daemon is stopped with SIGTERM (SIGKILL after a timeout) whatever happens.
+
+    python bench/api.py                      # 100 ingest batches, 200 predicts, 1,000 job samples
+    python bench/api.py --quick              # a small run (CI, well under 90 s)
+    python bench/api.py --base-model /tmp/bench-base.pt --json /tmp/api.json
+
+Exit status: 0 when the run completed (targets missed or not), 1 when the daemon did not start or a
+measurement failed, 3 with ``--check`` when a target was missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: The benchmark only ever talks to loopback.
+HOST = "127.0.0.1"
+BATCH_SAMPLES = 64
+#: Targets from issue 4 (a 2-core machine; a 1 GB Raspberry Pi 3 must run the daemon).
+INGEST_TARGET_SAMPLES_PER_SECOND = 2000.0
+P99_RATIO_TARGET = 3.0
+MEMORY_TARGET_MB = 500.0
+#: Seconds between two RSS samples.
+RSS_INTERVAL_SECONDS = 0.1
+#: PSS is read at every this many RSS samples (about 2 ms of CPU per process each time).
+PSS_EVERY_SAMPLES = 5
+#: Job states after which a job no longer runs.
+FINISHED_STATES = ("succeeded", "failed", "cancelled", "interrupted")
+#: Variables that would make the daemon read settings other than the ones given here.
+_FOREIGN_ENV_PREFIXES = ("TBFTD_",)
+_FOREIGN_ENV_NAMES = ("STATE_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+_MEGABYTE = 1024 * 1024
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says why."""
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Ingest:
+    """Samples posted to ``/v1/samples`` in one wire form."""
+
+    form: str
+    batches: int
+    samples: int
+    body_bytes: int
+    seconds: float
+    samples_per_second: float
+    request_p50_ms: float
+    request_p99_ms: float
+    evicted: int
+
+
+@dataclass
+class Latency:
+    """``/v1/predict`` round trips of one sample each."""
+
+    condition: str
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+
+
+@dataclass
+class Job:
+    """The job that trained while latency was measured."""
+
+    id: int
+    samples: int
+    seconds_to_running: float
+    seconds_to_training: float
+    phase_at_measurement: str | None
+    running_throughout: bool
+    state_after_measurement: str
+    final_state: str
+    seconds_to_cancel: float
+
+
+@dataclass
+class Memory:
+    """Peak memory in MB (MiB, 2**20 bytes). RSS counts the shared library pages (torch) in each process, so the
+    sum over two processes overstates what they hold together; PSS shares them out (sampled
+    less often: it costs a read of ``/proc/PID/smaps_rollup``)."""
+
+    daemon_peak_mb: float = 0.0
+    daemon_peak_during_job_mb: float = 0.0
+    trainer_peak_mb: float = 0.0
+    daemon_plus_trainer_peak_mb: float = 0.0
+    helpers_peak_mb: float = 0.0
+    all_processes_peak_mb: float = 0.0
+    daemon_pss_peak_mb: float = 0.0
+    trainer_pss_peak_mb: float = 0.0
+    daemon_plus_trainer_pss_peak_mb: float = 0.0
+    samples: int = 0
+    pss_samples: int = 0
+    trainer_pids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Check:
+    """One target and whether it was met (``passed`` None: not measured)."""
+
+    name: str
+    value: float | None
+    target: str
+    passed: bool | None
+
+
+# --- the daemon --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free right now (the daemon binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def daemon_command() -> list[str]:
+    """``tbftd serve`` of this environment: the console script beside the interpreter, else ``-m``."""
+    script = Path(sys.executable).parent / "tbftd"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script), "serve"]
+    return [sys.executable, "-m", "service.cli", "serve"]
+
+
+def daemon_environment() -> dict[str, str]:
+    """This environment without the variables that would reconfigure the daemon behind our back."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(_FOREIGN_ENV_PREFIXES) and name not in _FOREIGN_ENV_NAMES
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    # For the ``-m`` fallback when the package is not installed.
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A function for ``preexec_fn`` that has the daemon sent SIGTERM when the benchmark dies,
+    even by SIGKILL; None where there is no ``prctl`` (not Linux: only the finally blocks help)."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return preexec
+
+
+class Daemon:
+    """A ``tbftd serve`` subprocess with its log file; :meth:`stop` ends it."""
+
+    def __init__(self, argv: list[str], log_path: Path, cwd: Path) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        # A file, not a pipe: a pipe nobody reads would fill and block the daemon's logging.
+        # Its own session: Ctrl+C reaches only the benchmark, which then stops the daemon in order.
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=cwd, env=daemon_environment(), start_new_session=True, preexec_fn=_die_with_parent(),
+        )  # fmt: skip
+        #: Descendants seen so far, as psutil processes (which notice a reused pid).
+        self.known_children: dict[int, Any] = {}
+        self.exit_code: int | None = None
+        self.stop_seconds: float | None = None
+        self.killed = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of the daemon's stderr and stdout."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(log unreadable: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_healthy(self, base_url: str, timeout_seconds: float) -> float:
+        """Poll ``/healthz`` until it answers 200; returns the seconds it took.
+
+        Raises :class:`BenchError` when the process exits first or the time runs out.
+        """
+        import httpx
+
+        started = time.monotonic()
+        with httpx.Client(base_url=base_url, trust_env=False, timeout=2.0) as client:
+            while True:
+                code = self.process.poll()
+                if code is not None:
+                    raise BenchError(f"the daemon exited with status {code} before it was ready")
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() - started > timeout_seconds:
+                    raise BenchError(f"the daemon did not answer /healthz within {timeout_seconds:.0f} s")
+                time.sleep(0.1)
+        # Something else could hold the port if ours failed to bind: ours must still be alive.
+        time.sleep(0.2)
+        code = self.process.poll()
+        if code is not None:
+            raise BenchError(f"the daemon exited with status {code} right after /healthz answered")
+        return time.monotonic() - started
+
+    def remember_children(self) -> None:
+        """Note the daemon's children now, so that :meth:`stop` can end any it leaves behind."""
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.pid).children(recursive=True):
+                self.known_children.setdefault(child.pid, child)
+
+    def stop(self, timeout_seconds: float) -> None:
+        """SIGTERM, wait ``timeout_seconds``, then SIGKILL; then end children it left behind."""
+        import psutil
+
+        try:
+            if self.process.poll() is None:
+                self.remember_children()
+                started = time.monotonic()
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout_seconds)
+                except subprocess.TimeoutExpired:
+                    self.killed = True
+                    self.process.kill()
+                    self.process.wait(10)
+                self.stop_seconds = time.monotonic() - started
+            self.exit_code = self.process.returncode
+            # A trainer orphaned by a killed daemon would go on training: end it by its pid
+            # (is_running() is False for a pid since reused by another process).
+            for child in self.known_children.values():
+                with contextlib.suppress(psutil.Error):
+                    if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                        child.kill()
+        finally:
+            self._log.close()
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+class MemorySampler:
+    """Samples the RSS of the daemon and of every descendant every 0.1 s in a thread.
+
+    A descendant started by ``multiprocessing`` spawn (``spawn_main`` in its command line) is the
+    trainer; the resource tracker and anything else is a helper.
+    """
+
+    def __init__(self, pid: int, interval_seconds: float = RSS_INTERVAL_SECONDS) -> None:
+        self.pid = pid
+        self.interval_seconds = interval_seconds
+        self.memory = Memory()
+        self.in_job = threading.Event()
+        self._stop = threading.Event()
+        self._roles: dict[int, str] = {}
+        self.processes: dict[int, Any] = {}
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self.error: str | None = None
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+    def _role(self, process: Any) -> str:
+        role = self._roles.get(process.pid)
+        if role is not None:
+            return role
+        self.processes.setdefault(process.pid, process)
+        try:
+            cmdline = " ".join(process.cmdline())
+        except Exception:  # gone, or not readable yet
+            return "helper"
+        # Between fork and exec a new child still shows the daemon's command line: decide
+        # only once it shows its own.
+        if "spawn_main" in cmdline:
+            role = "trainer"
+            self.memory.trainer_pids.append(process.pid)
+        elif "resource_tracker" in cmdline:
+            role = "helper"
+        else:
+            return "helper"
+        self._roles[process.pid] = role
+        return role
+
+    def _run(self) -> None:
+        try:
+            self._sample_until_stopped()
+        except Exception as exc:  # reported by run_benchmark: peaks from a dead sampler would mislead
+            self.error = f"the memory sampler failed: {type(exc).__name__}: {exc}"
+
+    def _sample_until_stopped(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.Error as exc:
+            self.error = f"cannot watch pid {self.pid}: {exc}"
+            return
+        m = self.memory
+        while not self._stop.is_set():
+            try:
+                daemon_bytes = root.memory_info().rss
+            except psutil.Error:
+                return  # the daemon is gone
+            with_pss = m.samples % PSS_EVERY_SAMPLES == 0
+            daemon_pss = _pss(root) if with_pss else None
+            trainer_bytes = helper_bytes = 0
+            trainer_pss: float | None = 0.0
+            try:
+                children = root.children(recursive=True)
+            except psutil.Error:
+                children = []
+            for child in children:
+                try:
+                    rss = child.memory_info().rss
+                    role = self._role(child)
+                except psutil.Error:
+                    continue
+                if role == "trainer":
+                    trainer_bytes += rss
+                    if with_pss:
+                        pss = _pss(child)
+                        trainer_pss = None if pss is None or trainer_pss is None else trainer_pss + pss
+                else:
+                    helper_bytes += rss
+            if with_pss and daemon_pss is not None and trainer_pss is not None:
+                m.pss_samples += 1
+                m.daemon_pss_peak_mb = max(m.daemon_pss_peak_mb, daemon_pss / _MEGABYTE)
+                m.trainer_pss_peak_mb = max(m.trainer_pss_peak_mb, trainer_pss / _MEGABYTE)
+                m.daemon_plus_trainer_pss_peak_mb = max(m.daemon_plus_trainer_pss_peak_mb,
+                                                        (daemon_pss + trainer_pss) / _MEGABYTE)
+            m.samples += 1
+            m.daemon_peak_mb = max(m.daemon_peak_mb, daemon_bytes / _MEGABYTE)
+            if self.in_job.is_set():
+                m.daemon_peak_during_job_mb = max(m.daemon_peak_during_job_mb, daemon_bytes / _MEGABYTE)
+            m.trainer_peak_mb = max(m.trainer_peak_mb, trainer_bytes / _MEGABYTE)
+            m.helpers_peak_mb = max(m.helpers_peak_mb, helper_bytes / _MEGABYTE)
+            m.daemon_plus_trainer_peak_mb = max(m.daemon_plus_trainer_peak_mb,
+                                                (daemon_bytes + trainer_bytes) / _MEGABYTE)
+            m.all_processes_peak_mb = max(m.all_processes_peak_mb,
+                                          (daemon_bytes + trainer_bytes + helper_bytes) / _MEGABYTE)
+            self._stop.wait(self.interval_seconds)
+
+
+def _pss(process: Any) -> float | None:
+    """Proportional set size in bytes, or None where the kernel or permissions do not give it."""
+    try:
+        return float(process.memory_full_info().pss)
+    except Exception:  # psutil.Error, or AttributeError where pss is not reported
+        return None
+
+
+# --- samples -----------------------------------------------------------------------------------
+
+
+def make_samples(count: int, input_shape: tuple[int, int, int], num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images with labels 0..num_classes-1 in turn; each class brightens its own band of rows
+    in its own channel, so a job has something to learn (and is less quick to stop early)."""
+    rng = np.random.default_rng(seed)
+    channels, height, _ = input_shape
+    x = rng.integers(0, 96, size=(count, *input_shape), dtype=np.uint8)
+    labels = np.arange(count, dtype=np.int64) % num_classes
+    band = max(1, height // num_classes)
+    for label in range(num_classes):
+        rows = slice((label * band) % height, (label * band) % height + band)
+        x[labels == label, label % channels, rows, :] += 128
+    return x, labels
+
+
+def percentile_ms(seconds: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(seconds) * 1000.0, q)) if seconds else float("nan")
+
+
+def _check_response(response: Any, expected: int, what: str) -> dict[str, Any]:
+    if response.status_code != expected:
+        raise BenchError(f"{what}: HTTP {response.status_code}, expected {expected}: {response.text[:300]}")
+    return response.json()
+
+
+# --- measurements ------------------------------------------------------------------------------
+
+
+def measure_ingest(client: Any, form: str, batches: int, input_shape: tuple[int, int, int], num_classes: int,
+                   context: str) -> Ingest:
+    """Post ``batches`` batches of 64 samples in ``form`` (``octet-stream`` or ``json``)."""
+    from service.payloads import encode_json_batch, encode_raw_batch
+
+    # A few distinct bodies, encoded before the clock starts: the client's encoding is not the
+    # daemon's cost.
+    requests: list[tuple[bytes, dict[str, str], dict[str, str]]] = []
+    for seed in range(4):
+        x, labels = make_samples(BATCH_SAMPLES, input_shape, num_classes, seed=100 + seed)
+        if form == "octet-stream":
+            body, params = encode_raw_batch(x, labels, context=context)
+            requests.append((body, params, {"content-type": "application/octet-stream"}))
+        else:
+            body = json.dumps(encode_json_batch(x, labels, context=context)).encode()
+            requests.append((body, {}, {"content-type": "application/json"}))
+    for body, params, headers in requests[:2]:  # warm-up: thread pool, reader connections
+        _check_response(client.post("/v1/samples", content=body, params=params, headers=headers), 201, "ingest warm-up")
+    times: list[float] = []
+    evicted = body_bytes = 0
+    started = time.perf_counter()
+    for i in range(batches):
+        body, params, headers = requests[i % len(requests)]
+        t0 = time.perf_counter()
+        response = client.post("/v1/samples", content=body, params=params, headers=headers)
+        times.append(time.perf_counter() - t0)
+        answer = _check_response(response, 201, f"ingest ({form})")
+        if answer.get("accepted") != BATCH_SAMPLES:
+            raise BenchError(f"ingest ({form}): {answer.get('accepted')} samples accepted of {BATCH_SAMPLES}")
+        evicted += int(answer.get("evicted") or 0)
+        body_bytes += len(body)
+    seconds = time.perf_counter() - started
+    samples = batches * BATCH_SAMPLES
+    return Ingest(form, batches, samples, body_bytes, seconds, samples / seconds,
+                  percentile_ms(times, 50), percentile_ms(times, 99), evicted)
+
+
+def measure_predict(client: Any, requests: int, input_shape: tuple[int, int, int], condition: str) -> Latency:
+    """``requests`` predictions of one sample each (octet-stream), one after another."""
+    from service.payloads import encode_raw_batch
+
+    x, _ = make_samples(8, input_shape, 2, seed=7)
+    bodies = [encode_raw_batch(x[i : i + 1]) for i in range(len(x))]
+    headers = {"content-type": "application/octet-stream"}
+    for body, params in bodies[:3]:  # warm-up
+        _check_response(client.post("/v1/predict", content=body, params=params, headers=headers), 200, "predict warm-up")
+    times: list[float] = []
+    for i in range(requests):
+        body, params = bodies[i % len(bodies)]
+        t0 = time.perf_counter()
+        response = client.post("/v1/predict", content=body, params=params, headers=headers)
+        times.append(time.perf_counter() - t0)
+        answer = _check_response(response, 200, f"predict ({condition})")
+        if len(answer.get("classes", ())) != 1:
+            raise BenchError(f"predict ({condition}): expected one class, got {answer.get('classes')!r}")
+    return Latency(condition, requests, percentile_ms(times, 50), percentile_ms(times, 99),
+                   1000.0 * float(np.mean(times)), 1000.0 * max(times))
+
+
+def post_job_samples(client: Any, count: int, input_shape: tuple[int, int, int], num_classes: int, context: str) -> None:
+    """Post ``count`` learnable samples to ``context`` in batches of at most 250."""
+    from service.payloads import encode_raw_batch
+
+    x, labels = make_samples(count, input_shape, num_classes, seed=1)
+    for start in range(0, count, 250):
+        body, params = encode_raw_batch(x[start : start + 250], labels[start : start + 250], context=context)
+        _check_response(client.post("/v1/samples", content=body, params=params,
+                                    headers={"content-type": "application/octet-stream"}), 201, "job samples")
+
+
+def wait_for(predicate: Any, timeout_seconds: float, what: str, interval_seconds: float = 0.2) -> Any:
+    """Call ``predicate()`` until it returns something truthy; BenchError after the timeout."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout_seconds:.0f} s waiting for {what}")
+        time.sleep(interval_seconds)
+
+
+def job_state(client: Any, job_id: int) -> dict[str, Any]:
+    return _check_response(client.get(f"/v1/jobs/{job_id}"), 200, f"GET /v1/jobs/{job_id}")
+
+
+def measure_during_job(client: Any, args: argparse.Namespace, input_shape: tuple[int, int, int], num_classes: int,
+                       sampler: MemorySampler, daemon: Daemon) -> tuple[Latency, Job]:
+    """Start a ``full`` job, wait until it trains, measure predictions, cancel it, wait for its end."""
+    context = "bench"
+    post_job_samples(client, args.job_samples, input_shape, num_classes, context)
+    sampler.in_job.set()
+    started = time.monotonic()
+    job = _check_response(client.post("/v1/jobs", json={"context": context, "block": "full"}), 201, "POST /v1/jobs")
+    job_id = int(job["id"])
+    print(f"  job {job_id} queued on {args.job_samples} samples; waiting until it trains", file=sys.stderr, flush=True)
+
+    def progress_if_running(waiting_for: str) -> dict[str, Any] | None:
+        """The job's progress while the daemon runs it (``{}`` before the first report), else None."""
+        status = _check_response(client.get("/v1/status"), 200, "GET /v1/status")
+        current = status.get("running_job")
+        if current and current.get("id") == job_id:
+            return current.get("progress") or {}
+        row = job_state(client, job_id)
+        if row["state"] in FINISHED_STATES:
+            raise BenchError(f"job {job_id} ended ({row['state']}: {row.get('error')}) before {waiting_for}")
+        return None
+
+    wait_for(lambda: progress_if_running("it ran") is not None, args.start_timeout, f"job {job_id} to run")
+    seconds_to_running = time.monotonic() - started
+    wait_for(lambda: (progress_if_running("it trained") or {}).get("phase") in ("train", "validate"),
+             args.start_timeout, f"job {job_id} to reach its training phase")
+    seconds_to_training = time.monotonic() - started
+    # Past loading the model and the samples and the first evaluation; let the trainer settle.
+    time.sleep(args.settle_seconds)
+    daemon.remember_children()
+    progress = progress_if_running("latency could be measured (early stopping?)") or {}
+    print(f"  measuring /predict while job {job_id} trains (epoch {progress.get('epoch')}/{progress.get('epochs')})",
+          file=sys.stderr, flush=True)
+    latency = measure_predict(client, args.predict_requests, input_shape, "training")
+    state_after = job_state(client, job_id)["state"]
+    cancel_started = time.monotonic()
+    if state_after == "running":
+        _check_response(client.delete(f"/v1/jobs/{job_id}"), 200, f"DELETE /v1/jobs/{job_id}")
+
+    def finished() -> dict[str, Any] | None:
+        row = job_state(client, job_id)
+        return row if row["state"] in FINISHED_STATES else None
+
+    final = wait_for(finished, args.stop_timeout, f"job {job_id} to end after its cancellation")
+    seconds_to_cancel = time.monotonic() - cancel_started
+    # The daemon clears running_job just after the row is final; wait, so the trainer has exited.
+    wait_for(lambda: not _check_response(client.get("/v1/status"), 200, "GET /v1/status").get("running_job"),
+             args.stop_timeout, "the daemon to report no running job")
+    sampler.in_job.clear()
+    return latency, Job(
+        id=job_id,
+        samples=args.job_samples,
+        seconds_to_running=seconds_to_running,
+        seconds_to_training=seconds_to_training,
+        phase_at_measurement=progress.get("phase"),
+        running_throughout=state_after == "running",
+        state_after_measurement=state_after,
+        final_state=final["state"],
+        seconds_to_cancel=seconds_to_cancel,
+    )
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def model_info(base_model: Path) -> tuple[tuple[int, int, int], int]:
+    """Input shape and class count of the base model the daemon will serve."""
+    from device.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        config = load_checkpoint(base_model).config
+    except (CheckpointError, OSError) as exc:
+        raise BenchError(f"cannot read the base model: {exc}") from exc
+    return tuple(config.input_shape), int(config.num_classes)  # type: ignore[return-value]
+
+
+def run_benchmark(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Everything between starting and stopping the daemon; fills ``results`` as it goes."""
+    import httpx
+
+    input_shape, num_classes = model_info(args.base_model)
+    results["model"] = {"path": str(args.base_model), "input_shape": list(input_shape), "num_classes": num_classes}
+    with tempfile.TemporaryDirectory(prefix="tbftd-bench-api-") as workdir:
+        daemon: Daemon | None = None
+        sampler: MemorySampler | None = None
+        try:
+            daemon, base_url = start_daemon(args, Path(workdir), results)
+            sampler = MemorySampler(daemon.pid)
+            with sampler, httpx.Client(base_url=base_url, trust_env=False, timeout=60.0) as client:
+                print(f"  ready in {results['daemon']['seconds_to_ready']:.1f} s; ingest", file=sys.stderr, flush=True)
+                results["ingest"] = []
+                for form in ("octet-stream", "json"):
+                    run = measure_ingest(client, form, args.batches, input_shape, num_classes, context=f"ingest-{form}")
+                    results["ingest"].append(asdict(run))
+                    print(f"  ingest {form}: {run.samples_per_second:,.0f} samples/s", file=sys.stderr, flush=True)
+                results["latency"] = []
+                idle = measure_predict(client, args.predict_requests, input_shape, "idle")
+                results["latency"].append(asdict(idle))
+                print(f"  predict idle: p50 {idle.p50_ms:.1f} ms, p99 {idle.p99_ms:.1f} ms", file=sys.stderr, flush=True)
+                busy, job = measure_during_job(client, args, input_shape, num_classes, sampler, daemon)
+                results["latency"].append(asdict(busy))
+                results["job"] = asdict(job)
+                print(f"  predict training: p50 {busy.p50_ms:.1f} ms, p99 {busy.p99_ms:.1f} ms", file=sys.stderr, flush=True)
+            if sampler.error:
+                raise BenchError(sampler.error)
+        except BaseException:
+            if daemon is not None:
+                results["daemon"]["log_tail"] = daemon.log_tail()
+            raise
+        finally:
+            if sampler is not None:
+                results["memory"] = asdict(sampler.memory)
+            if daemon is not None:
+                if sampler is not None:
+                    for pid, process in sampler.processes.items():
+                        daemon.known_children.setdefault(pid, process)
+                daemon.stop(args.stop_timeout)
+                results["daemon"].update(exit_code=daemon.exit_code, stop_seconds=daemon.stop_seconds,
+                                         killed=daemon.killed)
+
+
+def start_daemon(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> tuple[Daemon, str]:
+    """Start ``tbftd serve`` on a free loopback port and wait until it is ready; returns it and its URL.
+
+    Retries on a new port when another process took the port first; otherwise a daemon that does
+    not start is a :class:`BenchError` carrying the tail of its output.
+    """
+    for attempt in range(3):
+        port = free_port()
+        argv = daemon_command() + [
+            "--host", HOST, "--port", str(port), "--data-dir", str(workdir / "data"),
+            "--base-model", str(args.base_model), "--meter-kind", "estimate", "--baseline-seconds", "0",
+            "--epochs", str(args.epochs), "--log-level", "info", *shlex.split(args.daemon_args),
+        ]  # fmt: skip
+        base_url = f"http://{HOST}:{port}"
+        daemon = Daemon(argv, workdir / f"daemon-{attempt}.log", cwd=workdir)
+        results["daemon"] = {"argv": argv, "pid": daemon.pid, "port": port}
+        print(f"starting the daemon on {base_url} (pid {daemon.pid})", file=sys.stderr, flush=True)
+        try:
+            results["daemon"]["seconds_to_ready"] = daemon.wait_healthy(base_url, args.start_timeout)
+            return daemon, base_url
+        except BaseException as exc:
+            daemon.stop(args.stop_timeout)
+            tail = daemon.log_tail()
+            results["daemon"].update(exit_code=daemon.exit_code, stop_seconds=daemon.stop_seconds,
+                                     killed=daemon.killed, log_tail=tail)
+            if not isinstance(exc, BenchError):
+                raise
+            if "address already in use" in tail.lower() and attempt < 2:
+                continue  # another process took the port between free_port() and the bind
+            raise BenchError(f"{exc}\n--- daemon output (last lines) ---\n{tail}") from None
+    raise AssertionError("unreachable")
+
+
+def checks(results: dict[str, Any]) -> list[Check]:
+    """The three targets against what was measured."""
+    ingest = {run["form"]: run for run in results.get("ingest", [])}
+    latency = {run["condition"]: run for run in results.get("latency", [])}
+    raw = ingest.get("octet-stream", {}).get("samples_per_second")
+    ratio = None
+    if "idle" in latency and "training" in latency:
+        ratio = latency["training"]["p99_ms"] / latency["idle"]["p99_ms"]
+    memory = results.get("memory", {}).get("daemon_plus_trainer_peak_mb")
+    job_ok = results.get("job", {}).get("running_throughout", False)
+    trainer_seen = bool(results.get("memory", {}).get("trainer_pids"))
+    return [
+        Check("ingest octet-stream samples/s", raw, f">= {INGEST_TARGET_SAMPLES_PER_SECOND:,.0f}",
+              None if raw is None else raw >= INGEST_TARGET_SAMPLES_PER_SECOND),
+        # A ratio measured after the job had ended says nothing about training: not a pass.
+        Check("predict p99 training / idle", ratio, f"<= {P99_RATIO_TARGET:g}x",
+              None if ratio is None else (ratio <= P99_RATIO_TARGET and job_ok)),
+        Check("peak RSS daemon + trainer MB", memory, f"<= {MEMORY_TARGET_MB:,.0f}",
+              None if memory is None else (memory <= MEMORY_TARGET_MB and trainer_seen)),
+    ]
+
+
+def format_table(results: dict[str, Any], checked: list[Check]) -> str:
+    """Figures, targets and pass/fail as a fixed-width text table."""
+    verdict = {True: "pass", False: "FAIL", None: "-"}
+    rows: list[tuple[str, str, str, str]] = []
+    for run in results.get("ingest", []):
+        rows.append((f"ingest {run['form']} ({BATCH_SAMPLES}/batch, {run['batches']} batches)",
+                     f"{run['samples_per_second']:,.0f} samples/s", "", ""))
+        rows.append((f"  request p50 / p99", f"{run['request_p50_ms']:.1f} / {run['request_p99_ms']:.1f} ms", "", ""))
+    for run in results.get("latency", []):
+        rows.append((f"predict 1 sample, {run['condition']} ({run['requests']} requests)",
+                     f"p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms", "", ""))
+    memory = results.get("memory")
+    if memory:
+        rows.append(("peak RSS daemon (whole run)", f"{memory['daemon_peak_mb']:.0f} MB", "", ""))
+        rows.append(("peak RSS daemon (during the job)", f"{memory['daemon_peak_during_job_mb']:.0f} MB", "", ""))
+        rows.append(("peak RSS trainer child", f"{memory['trainer_peak_mb']:.0f} MB", "", ""))
+        rows.append(("peak RSS helpers (resource tracker)", f"{memory['helpers_peak_mb']:.0f} MB", "", ""))
+        if memory["pss_samples"]:
+            rows.append(("peak PSS daemon / trainer / sum (shared pages split)",
+                         f"{memory['daemon_pss_peak_mb']:.0f} / {memory['trainer_pss_peak_mb']:.0f} / "
+                         f"{memory['daemon_plus_trainer_pss_peak_mb']:.0f} MB", "", ""))
+    units = {"ingest octet-stream samples/s": "{:,.0f}", "predict p99 training / idle": "{:.2f}x",
+             "peak RSS daemon + trainer MB": "{:.0f} MB"}
+    for c in checked:
+        value = "not measured" if c.value is None else units[c.name].format(c.value)
+        rows.append((c.name, value, c.target, verdict[c.passed]))
+    header = ("measure", "value", "target", "result")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), "-" * (sum(widths) + 6)]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    """The machine: cores this process may use, platform, Python, load average."""
+    return {
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from device.shipped import SHIPPED_BASE_MODEL
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="20 ingest batches, 50 predicts, 300 job samples (CI)")
+    parser.add_argument("--base-model", type=Path, default=SHIPPED_BASE_MODEL,
+                        help="checkpoint the daemon starts from (default: the shipped base model)")
+    parser.add_argument("--batches", type=int, default=100, help="ingest batches per wire form")
+    parser.add_argument("--predict-requests", type=int, default=200, help="predictions idle and while training")
+    parser.add_argument("--job-samples", type=int, default=1000, help="samples the job trains on")
+    parser.add_argument("--epochs", type=int, default=50, help="the daemon's --epochs: the job must outlast the measurement")
+    parser.add_argument("--settle-seconds", type=float, default=3.0, help="wait after the job starts training")
+    parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for the daemon or the job to start")
+    parser.add_argument("--stop-timeout", type=float, default=30.0, help="seconds to wait for the job or the daemon to stop")
+    parser.add_argument("--daemon-args", default="", metavar="ARGS",
+                        help="more flags for tbftd serve, e.g. \"--batch-size 32\" (later flags win)")
+    parser.add_argument("--check", action="store_true", help="exit 3 when a target is missed")
+    parser.add_argument("--json", type=Path, help="where to write the JSON (default: bench/results/api-<time>.json)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batches, args.predict_requests, args.job_samples = 20, 50, 300
+    for name in ("batches", "predict_requests"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.job_samples < 50:
+        parser.error("--job-samples must be at least 50 (a job needs training and validation samples of each class)")
+    if not args.base_model.is_file():
+        parser.error(f"base model {args.base_model} not found; pass --base-model (a development one: python -c "
+                     "'from device.checkpoint import save_checkpoint; from device.model import ResNet26; "
+                     "save_checkpoint(\"/tmp/bench-base.pt\", ResNet26())')")
+    return args
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # A CI timeout sends SIGTERM: unwind through the finally blocks, which stop the daemon.
+    signal.signal(signal.SIGTERM, _interrupt)
+    started = time.perf_counter()
+    results: dict[str, Any] = {"machine_at_start": machine()}
+    print(f"API benchmark: {args.batches} ingest batches per form, {args.predict_requests} predictions per "
+          f"condition, a full job on {args.job_samples} samples; {results['machine_at_start']['cpus']} cores, "
+          f"load average {results['machine_at_start']['load_average_1_5_15']}", file=sys.stderr, flush=True)
+    error: str | None = None
+    try:
+        run_benchmark(args, results)
+    except BenchError as exc:
+        error = str(exc)
+    except KeyboardInterrupt as exc:
+        error = f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})"
+    results["machine_at_end"] = machine()
+    checked = checks(results)
+    m = results["machine_at_start"]
+    print(f"\nmachine: {m['cpus']} cores, {m['platform']}, Python {m['python']}, load average "
+          f"{m['load_average_1_5_15']} at start, {results['machine_at_end']['load_average_1_5_15']} at end")
+    job = results.get("job")
+    if job:
+        print(f"job {job['id']}: training after {job['seconds_to_training']:.1f} s, "
+              f"{'ran throughout the measurement' if job['running_throughout'] else 'ENDED during the measurement (' + job['state_after_measurement'] + ')'}, "
+              f"{job['final_state']} {job['seconds_to_cancel']:.1f} s after the cancel")
+    daemon = results.get("daemon", {})
+    if "exit_code" in daemon:
+        ready = daemon.get("seconds_to_ready")
+        stopped = daemon.get("stop_seconds")
+        print(f"daemon: {'ready in %.1f s' % ready if ready is not None else 'never ready'}, "
+              f"{'stopped in %.1f s' % stopped if stopped is not None else 'stopped'} with exit status "
+              f"{daemon['exit_code']}{' after SIGKILL' if daemon.get('killed') else ''}")
+    print(format_table(results, checked))
+    out = args.json or Path(__file__).resolve().parent / "results" / f"api-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"}
+    document = {
+        "meta": {"settings": settings, "total_seconds": time.perf_counter() - started, "error": error},
+        **results,
+        "targets": [asdict(c) for c in checked],
+    }
+    out.write_text(json.dumps(document, indent=2, default=str))
+    print(f"\nJSON: {out}")
+    if error is not None:
+        print(f"\nbench/api.py: error: {error}", file=sys.stderr)
+        return 1
+    if args.check and any(c.passed is not True for c in checked):
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    raise SystemExit(main())
