@@ -28,6 +28,8 @@ FORMAT_NAME = "tbftd-checkpoint"
 FORMAT_VERSION = 1
 #: Temporary files of unfinished writes start with this prefix; see :func:`remove_partial_files`.
 PARTIAL_PREFIX = ".partial-"
+#: Permissions of written checkpoints: owner read/write, everyone else read.
+FILE_MODE = 0o644
 
 
 class CheckpointError(ValueError):
@@ -68,6 +70,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=PARTIAL_PREFIX + path.name + ".", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); a model must be readable like any written file.
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

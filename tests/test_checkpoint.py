@@ -34,6 +34,11 @@ def test_round_trip_restores_config_weights_and_extra(tmp_path: Path) -> None:
     assert torch.allclose(loaded.model.input_std.flatten(), torch.tensor(config.std))
 
 
+def test_written_checkpoints_are_readable_by_others(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "m.pt", ResNet26(ModelConfig(num_classes=3)))
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_bare_state_dict_with_paper_keys_needs_and_accepts_an_architecture(tmp_path: Path) -> None:
     path = tmp_path / "paper.pth"
     torch.save(ResNet26().state_dict(), path)
