@@ -122,8 +122,11 @@ def _start_daemon(settings: Settings, meter: Meter | None) -> Daemon:
 
 
 def _stop_daemon(daemon: Daemon) -> None:
+    # The worker first records a running job (cancelled, with its energy); then nothing writes.
     daemon.jobs.shutdown()
+    daemon.meter.close()  # an energy window closes the meter it opened; this covers any other path
     daemon.store.close()
+    log.info("stopped: jobs recorded, meter and database closed")
 
 
 def _daemon(request: Request) -> Daemon:
