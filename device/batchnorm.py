@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from device.samples import Samples
 
@@ -52,3 +54,47 @@ def recalibrate_batchnorm(
             layer.momentum = momentum
         model.train(was_training)
     return batches
+
+
+#: Samples of each training batch from which :class:`RunningStatisticsTracker` updates statistics.
+TRACKING_SAMPLES = 32
+
+
+class RunningStatisticsTracker:
+    """Keeps eval-mode BatchNorm layers' running statistics following the data they see in training.
+
+    Before each forward pass made with gradients enabled (a training step, not a validation pass),
+    every tracked layer's running mean and variance move towards those of (up to 32 samples of)
+    the batch, by the layer's momentum, as train mode would do; the layer still normalises with its running statistics, as
+    in eval mode. Nothing back-propagates through batch statistics, which on a CPU costs about as
+    much as the convolutions' own backward pass. Use as a context manager; hooks go on exit.
+    """
+
+    def __init__(self, layers: Iterable[nn.modules.batchnorm._BatchNorm]) -> None:
+        self.layers = list(layers)
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> RunningStatisticsTracker:
+        self._handles = [layer.register_forward_pre_hook(self._update) for layer in self.layers]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @staticmethod
+    def _update(layer: nn.modules.batchnorm._BatchNorm, args: tuple[Tensor, ...]) -> None:
+        if not torch.is_grad_enabled() or layer.training or layer.running_mean is None:
+            return
+        x = args[0]
+        if x.numel() // x.shape[1] < 2:
+            return
+        with torch.no_grad():
+            # The fused kernel updates the running statistics in place, twice as fast as var_mean
+            # over (N, H, W) on a CPU; its normalised output is discarded. At most
+            # TRACKING_SAMPLES of the batch are used: the momentum averages over many batches.
+            F.batch_norm(x.detach()[:TRACKING_SAMPLES], layer.running_mean, layer.running_var, training=True,
+                         momentum=0.1 if layer.momentum is None else layer.momentum, eps=layer.eps)
+            if layer.num_batches_tracked is not None:
+                layer.num_batches_tracked.add_(1)

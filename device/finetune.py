@@ -8,10 +8,12 @@ BatchNorm modes:
 
 - ``adapt`` (default): before training, every BatchNorm layer's running statistics are re-estimated
   on the job's training samples (forward passes only, as the ``bn`` strategy does), so the frozen
-  prefix normalises with target statistics; during training the block's and the suffix's BatchNorm
-  layers run in train mode and keep following the target data, as in the paper. Unlike the paper,
-  the prefix uses the re-estimated population statistics rather than per-batch ones: that makes it
-  deterministic and cacheable.
+  prefix normalises with target statistics. During training the block's BatchNorm layers run in
+  train mode; the suffix's keep following the target data (their running statistics are updated
+  from every training batch, see :class:`~device.batchnorm.RunningStatisticsTracker`) but
+  normalise in eval mode. Unlike the paper, frozen layers never normalise with per-batch
+  statistics: that keeps the prefix deterministic and cacheable, and spares the suffix the backward
+  pass through batch statistics, which costs as much as its convolutions' on a CPU.
 - ``frozen``: frozen layers keep the source statistics (eval mode), as surgical fine-tuning does;
   only the block's own BatchNorm layers follow the target data.
 """
@@ -28,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from device.batchnorm import StopRequested, batchnorm_layers, recalibrate_batchnorm
+from device.batchnorm import RunningStatisticsTracker, StopRequested, batchnorm_layers, recalibrate_batchnorm
 from device.blocks import BlockSpec, block_modules, block_state_keys, get_block, stage_module_list
 from device.inference import Evaluation, evaluate_batches
 from device.model import STAGES, ResNet26
@@ -50,6 +52,9 @@ class FinetuneConfig:
     only BatchNorm layers in train mode see the smaller batches. ``cache_budget_bytes`` bounds the memory
     spent on cached prefix activations (training and validation together); ``cache_spill_dir``
     lets activations over the budget go to a temporary file there instead of being recomputed.
+    ``bn_samples`` bounds how many training samples (a seeded random subset) re-estimate BatchNorm
+    statistics: the estimates settle long before a thousand samples, and every sample costs a
+    full forward pass (None: all of them).
     """
 
     epochs: int = 10
@@ -64,6 +69,7 @@ class FinetuneConfig:
     cache_budget_bytes: int = DEFAULT_CACHE_BUDGET_BYTES
     cache_spill_dir: str | None = None
     eval_batch_size: int = 256
+    bn_samples: int | None = 512
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -80,6 +86,8 @@ class FinetuneConfig:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
         if self.cache_budget_bytes < 0:
             raise ValueError("cache_budget_bytes must not be negative")
+        if self.bn_samples is not None and self.bn_samples < 1:
+            raise ValueError("bn_samples must be at least 1 (or None for all samples)")
 
     def learning_rate(self, block: str) -> float:
         """The learning rate used for ``block``."""
@@ -217,6 +225,7 @@ class _Run:
         self.should_stop = should_stop
         self.sources: list[FeatureSource] = []
         self.before: Evaluation | None = None
+        self._best_state: dict[str, Tensor] = {}
         self.epochs_run = 0
         self.samples_seen = 0
         self.train_losses: list[float] = []
@@ -244,16 +253,16 @@ class _Run:
         self.check_stop()
 
         if not spec.trains_weights:
-            recalibrate_batchnorm(model, self.train, config.batch_size, self.should_stop)
+            recalibrate_batchnorm(model, self._bn_subset(), config.eval_batch_size, self.should_stop)
             model.eval()
             after = evaluate_batches(model, self.val.images, self.val.y, config.eval_batch_size)
-            self.samples_seen = len(self.train)
+            self.samples_seen = min(len(self.train), config.bn_samples or len(self.train))
             return self.result(after, best_epoch=1, cache="none", epochs_run=1)
 
         # Statistics start from the target data, and the prefix's must be final before caching.
         # A whole-model job adapts them by training in train mode, as plain fine-tuning does.
         if config.bn_mode == "adapt" and spec.name != "full":
-            recalibrate_batchnorm(model, self.train, config.eval_batch_size, self.should_stop)
+            recalibrate_batchnorm(model, self._bn_subset(), config.eval_batch_size, self.should_stop)
         for p in model.parameters():
             p.requires_grad_(False)
         trainable = [p for module in block_modules(model, spec) for p in module.parameters()]
@@ -268,8 +277,7 @@ class _Run:
             return model.forward_stages(features, spec.start, len(STAGES))
 
         best = evaluate_batches(tail, val_source.batch, self.val.y, config.eval_batch_size)
-        best_epoch = 0
-        best_state = copy.deepcopy(model.state_dict())
+        self._best_state = copy.deepcopy(model.state_dict())
         optimizer = torch.optim.SGD(
             trainable,
             lr=config.learning_rate(spec.name),
@@ -278,6 +286,25 @@ class _Run:
         )
         generator = torch.Generator().manual_seed(config.seed)
         batches = -(-len(self.train) // config.batch_size)
+        tracked = batchnorm_layers(stage_module_list(model, spec.suffix_stages)) if config.bn_mode == "adapt" else []
+        with RunningStatisticsTracker(tracked):
+            best, best_epoch = self._train_epochs(tail, train_source, val_source, optimizer, generator, best, batches)
+        model.load_state_dict(self._best_state)
+        return self.result(best, best_epoch=best_epoch, cache=train_source.kind, epochs_run=self.epochs_run)
+
+    def _train_epochs(
+        self,
+        tail: Callable[[Tensor], Tensor],
+        train_source: FeatureSource,
+        val_source: FeatureSource,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        best: Evaluation,
+        batches: int,
+    ) -> tuple[Evaluation, int]:
+        """The epoch loop with early stopping; keeps the best weights in ``self._best_state``."""
+        model, config = self.model, self.config
+        best_epoch = 0
         since_best = 0
         for epoch in range(1, config.epochs + 1):
             self._set_train_modes()
@@ -315,14 +342,20 @@ class _Run:
             )
             if evaluation.loss < best.loss:
                 best, best_epoch, since_best = evaluation, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
+                self._best_state = copy.deepcopy(model.state_dict())
             else:
                 since_best += 1
                 if config.patience is not None and since_best >= config.patience:
                     break
+        return best, best_epoch
 
-        model.load_state_dict(best_state)
-        return self.result(best, best_epoch=best_epoch, cache=train_source.kind, epochs_run=self.epochs_run)
+    def _bn_subset(self) -> Samples:
+        """The training samples that re-estimate BatchNorm statistics (see ``bn_samples``)."""
+        limit = self.config.bn_samples
+        if limit is None or limit >= len(self.train):
+            return self.train
+        generator = torch.Generator().manual_seed(self.config.seed + 1)
+        return self.train.subset(torch.randperm(len(self.train), generator=generator)[:limit])
 
     def _source(self, samples: Samples, budget_bytes: int) -> FeatureSource:
         source = build_prefix_source(
@@ -338,14 +371,10 @@ class _Run:
         return source
 
     def _set_train_modes(self) -> None:
-        """Frozen stages in eval mode; the block in train mode; the suffix's BN per ``bn_mode``."""
-        model, spec = self.model, self.spec
-        model.eval()
-        for module in block_modules(model, spec):
+        """Frozen stages in eval mode (the suffix's statistics tracked in ``adapt``); the block in train mode."""
+        self.model.eval()
+        for module in block_modules(self.model, self.spec):
             module.train()
-        if self.config.bn_mode == "adapt":
-            for layer in batchnorm_layers(stage_module_list(model, spec.suffix_stages)):
-                layer.train()
 
     def result(self, after: Evaluation, best_epoch: int, cache: str, epochs_run: int) -> FinetuneResult:
         assert self.before is not None

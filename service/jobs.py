@@ -353,9 +353,7 @@ class JobManager:
 
     def _promote(self, job: Job, parent: int, block: str, payload: dict[str, Any], output: Path) -> None:
         before, after = payload["accuracy_before"], payload["accuracy_after"]
-        promoted = after >= before - self.settings.promote_margin
-        reason = (f"validation accuracy {after:.4f} vs {before:.4f} of version {parent}"
-                  f" (margin {self.settings.promote_margin})")
+        promoted, reason = promotion_decision(before, after, self.settings.promote_margin, parent)
         version = self.registry.register(
             output,
             parent_version=parent,
@@ -377,6 +375,19 @@ class JobManager:
 
     def _finish(self, job_id: int, state: str, **changes: Any) -> None:
         self.store.update_job(job_id, state=state, finished_at=time.time(), **changes)
+
+
+def promotion_decision(before: float, after: float, margin: float, parent_version: int) -> tuple[bool, str]:
+    """Whether a fine-tuned model replaces the one it started from, and why.
+
+    Both accuracies are on the job's validation samples. The candidate is promoted when it is not
+    worse than ``before`` by more than ``margin`` (a fraction: 0.01 is one point).
+    """
+    promoted = after >= before - margin
+    verdict = "promoted" if promoted else "kept the active model"
+    reason = (f"{verdict}: validation accuracy {after:.4f} vs {before:.4f} of version {parent_version}"
+              f" (margin {margin})")
+    return promoted, reason
 
 
 def _terminate(process: Any) -> None:

@@ -172,7 +172,7 @@ def test_bn_strategy_changes_only_statistics_and_uses_no_gradients(
         assert torch.equal(before[name], after[name]), name
         assert model.get_parameter(name).grad is None
     assert not torch.equal(before["layer2.1.bn1.running_var"], after["layer2.1.bn1.running_var"])
-    assert result.samples_seen == len(train_samples) and not result.cancelled
+    assert result.samples_seen == len(train_samples) and not result.cancelled  # 96 < bn_samples
 
 
 def test_input_shape_must_match_the_model(model: ResNet26, val_samples: Samples) -> None:
