@@ -18,7 +18,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from device.inference import evaluate_batches
 from device.model import ModelConfig, ResNet26
+from device.samples import as_float_images
 
 Schedule = Literal["onecycle", "cosine"]
 SCHEDULES: tuple[str, ...] = ("onecycle", "cosine")
@@ -191,7 +193,7 @@ def _train(
         loss_sum, correct = 0.0, 0
         for start in range(0, n, config.batch_size):
             index = order[start : start + config.batch_size]
-            images = _to_float(xt[index]).contiguous(memory_format=memory_format)
+            images = as_float_images(xt[index]).contiguous(memory_format=memory_format)
             labels = yt[index]
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(config, step, total_steps)
@@ -234,26 +236,17 @@ def _train(
     return model, report
 
 
-@torch.no_grad()
 def _evaluate(model: ResNet26, x: Tensor, y: Tensor, batch_size: int, channels_last: bool) -> tuple[float, float]:
-    if len(x) == 0:
-        return float("nan"), float("nan")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training
     model.eval()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    correct, loss_sum = 0, 0.0
-    for start in range(0, len(x), batch_size):
-        images = _to_float(x[start : start + batch_size]).contiguous(memory_format=memory_format)
-        labels = y[start : start + batch_size]
-        logits = model(images)
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(1) == labels).sum())
-    model.train(was_training)
-    return correct / len(x), loss_sum / len(x)
-
-
-def _to_float(x: Tensor) -> Tensor:
-    return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32)
+    try:
+        result = evaluate_batches(
+            model, lambda index: as_float_images(x[index]).contiguous(memory_format=memory_format), y, batch_size
+        )
+    finally:
+        model.train(was_training)
+    return result.accuracy, result.loss
 
 
 def _as_tensors(x: ArrayLike, y: ArrayLike, model_config: ModelConfig) -> tuple[Tensor, Tensor]:

@@ -50,7 +50,7 @@ class Samples:
 
 
 def as_float_images(x: Tensor) -> Tensor:
-    """uint8 0..255 → float32 0..1; float32 passes through."""
+    """uint8 0..255 → float32 0..1; float32 passes through; other floats become float32."""
     if x.dtype == torch.uint8:
         return x.to(torch.float32).div_(255.0)
-    return x
+    return x if x.dtype == torch.float32 else x.to(torch.float32)
