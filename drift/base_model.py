@@ -21,8 +21,6 @@ from device.pretrain import PretrainConfig, PretrainProgress, PretrainReport, tr
 from drift import shapes
 
 DATASET_NAME = "shapes-40"
-#: The file shipped in the package (``device/assets``).
-SHIPPED_FILENAME = "base-shapes-resnet26.pt"
 
 #: One pass over 24,000 fresh images: about 2 minutes with data generation on two x86 cores.
 DEFAULT_PRETRAIN = PretrainConfig(

@@ -371,14 +371,20 @@ def _parse_time(value: str | None, name: str) -> float | None:
     return parsed.timestamp()
 
 
+def _last_job_gaps(daemon: Daemon) -> int | None:
+    """Meter gaps in the last measured job (None before any job): the meter's health."""
+    last = daemon.jobs.last_energy
+    return None if last is None else len(last.get("gaps") or ())
+
+
 def _status(daemon: Daemon) -> dict[str, Any]:
     usage = daemon.store.buffer_usage()
     info = daemon.meter.describe()
-    last = daemon.jobs.last_energy
-    if last is None:
+    gaps = _last_job_gaps(daemon)
+    if gaps is None:
         health = "unknown (no job measured yet)"
-    elif last.get("gaps"):
-        health = f"degraded: {len(last['gaps'])} gap(s) in the last job, covered by the estimator"
+    elif gaps:
+        health = f"degraded: {gaps} gap(s) in the last job, covered by the estimator"
     else:
         health = "ok"
     running = daemon.jobs.running_job
@@ -413,7 +419,7 @@ def _metrics(daemon: Daemon) -> str:
         joules_by_block[block] = joules_by_block.get(block, 0.0) + record.joules
         seconds_by_block[block] = seconds_by_block.get(block, 0.0) + record.seconds
     info = daemon.meter.describe()
-    meter_up = 0.0 if info.is_estimate or (daemon.jobs.last_energy or {}).get("gaps") else 1.0
+    meter_up = 0.0 if info.is_estimate or _last_job_gaps(daemon) else 1.0
     families = [
         metrics.MetricFamily("tbftd_samples_buffered", "gauge", "Labelled samples held in the buffer.").add(usage.samples),
         metrics.MetricFamily("tbftd_buffer_bytes", "gauge", "Payload bytes held in the buffer.").add(usage.bytes),

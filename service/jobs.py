@@ -140,8 +140,7 @@ class JobManager:
 
     def hint(self, context: str, target: str, min_samples: int | None = None) -> HintOutcome:
         """Record a drift hint (a drift type, or ``full``/``bn``/a block asked for explicitly)."""
-        block = resolve_target(target, self.settings.block_mapping())
-        drift_type = target if target in {d.value for d in DriftType} else None
+        block, drift_type = self._resolve(target)
         needed = min_samples if min_samples is not None else self.settings.min_samples
         with self._schedule_lock:
             self._check_open()
@@ -162,8 +161,7 @@ class JobManager:
 
     def submit(self, context: str, target: str) -> Job:
         """Queue a job now (``POST /v1/jobs``), whatever the hints say."""
-        block = resolve_target(target, self.settings.block_mapping())
-        drift_type = target if target in {d.value for d in DriftType} else None
+        block, drift_type = self._resolve(target)
         with self._schedule_lock:
             self._check_open()
             count = self.store.count_samples(context)
@@ -190,6 +188,12 @@ class JobManager:
         if self._running_job == job_id and self._running_stop is not None:
             self._running_stop.set()
         return current
+
+    def _resolve(self, target: str) -> tuple[str, str | None]:
+        """The block a hint or request names, and its drift type (None for an explicit block)."""
+        block = resolve_target(target, self.settings.block_mapping())
+        drift_type = target if target in {d.value for d in DriftType} else None
+        return block, drift_type
 
     def _check_open(self) -> None:
         if self._closing.is_set():
