@@ -152,6 +152,9 @@ class FinetuneResult:
         }
 
 
+#: Stands in for an evaluation that a cancelled job never reached.
+_NOT_EVALUATED = Evaluation(loss=float("nan"), accuracy=float("nan"), count=0)
+
 ProgressCallback = Callable[[Progress], None]
 StopCheck = Callable[[], bool]
 
@@ -376,48 +379,35 @@ class _Run:
         for module in block_modules(self.model, self.spec):
             module.train()
 
-    def result(self, after: Evaluation, best_epoch: int, cache: str, epochs_run: int) -> FinetuneResult:
-        assert self.before is not None
-        keys = block_state_keys(self.model, self.spec)
-        state = self.model.state_dict()
+    def result(
+        self, after: Evaluation, best_epoch: int, cache: str, epochs_run: int, cancelled: bool = False
+    ) -> FinetuneResult:
+        before = self.before or _NOT_EVALUATED
+        block_state: dict[str, Tensor] = {}
+        if not cancelled:
+            state = self.model.state_dict()
+            block_state = {k: state[k].detach().clone() for k in block_state_keys(self.model, self.spec)}
         return FinetuneResult(
             block=self.spec.name,
             bn_mode=self.config.bn_mode,
-            accuracy_before=self.before.accuracy,
+            accuracy_before=before.accuracy,
             accuracy_after=after.accuracy,
-            loss_before=self.before.loss,
+            loss_before=before.loss,
             loss_after=after.loss,
             epochs_run=epochs_run,
             best_epoch=best_epoch,
             seconds=0.0,
             cpu_seconds=0.0,
             samples_seen=self.samples_seen,
-            cancelled=False,
+            cancelled=cancelled,
             cache=cache,
             train_losses=list(self.train_losses),
             val_losses=list(self.val_losses),
             val_accuracies=list(self.val_accuracies),
-            block_state={k: state[k].detach().clone() for k in keys},
+            block_state=block_state,
         )
 
     def cancelled_result(self) -> FinetuneResult:
-        before = self.before
-        nan = float("nan")
-        return FinetuneResult(
-            block=self.spec.name,
-            bn_mode=self.config.bn_mode,
-            accuracy_before=before.accuracy if before else nan,
-            accuracy_after=before.accuracy if before else nan,
-            loss_before=before.loss if before else nan,
-            loss_after=before.loss if before else nan,
-            epochs_run=self.epochs_run,
-            best_epoch=0,
-            seconds=0.0,
-            cpu_seconds=0.0,
-            samples_seen=self.samples_seen,
-            cancelled=True,
-            cache=self.sources[0].kind if self.sources else "none",
-            train_losses=list(self.train_losses),
-            val_losses=list(self.val_losses),
-            val_accuracies=list(self.val_accuracies),
-        )
+        """The model was restored: "after" is "before", and no block state is handed out."""
+        cache = self.sources[0].kind if self.sources else "none"
+        return self.result(self.before or _NOT_EVALUATED, 0, cache, self.epochs_run, cancelled=True)
