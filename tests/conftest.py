@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
 from device.model import ModelConfig, ResNet26
 from device.samples import Samples
+from energy.emulator import Emulator
+from energy.profiles import ConstantProfile
 from tests.factories import colour_samples
 
 
@@ -24,3 +28,14 @@ def train_samples() -> Samples:
 @pytest.fixture
 def val_samples() -> Samples:
     return colour_samples(48, seed=2)
+
+
+@pytest.fixture
+def um25c_meter() -> Iterator[Emulator]:
+    """An emulated UM25C on a pseudo-terminal, drawing a constant 4.5 W."""
+    emulator = Emulator(model="um25c", profile=ConstantProfile(4.5))
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
