@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 from device.batchnorm import RunningStatisticsTracker, StopRequested, batchnorm_layers, recalibrate_batchnorm

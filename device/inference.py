@@ -11,15 +11,10 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from device.model import ResNet26
+from device.prediction import Prediction
 from device.samples import as_float_images
 
-
-@dataclass(frozen=True)
-class Prediction:
-    """Predicted classes (N,) and class probabilities (N, classes) as numpy arrays."""
-
-    classes: np.ndarray
-    probabilities: np.ndarray
+__all__ = ["Evaluation", "Prediction", "evaluate_batches", "predict"]
 
 
 def predict(model: ResNet26, x: np.ndarray | Tensor, batch_size: int = 256) -> Prediction:

@@ -1,4 +1,4 @@
-"""The pre-activation ResNet-26 of the TBFT paper, with its configuration.
+"""The pre-activation ResNet-26 of the TBFT paper (its configuration is in :mod:`device.config`).
 
 The module names mirror the paper's released checkpoint (``conv1``, ``layer{1,2,3}.{0..3}.*``, ``bn``,
 ``fc``) so that its state dict loads strictly. Input normalisation lives in the model as
@@ -7,82 +7,16 @@ non-persistent buffers: it travels with the configuration, not with the state di
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from device.config import POOL_KERNEL, ModelConfig
+
+__all__ = ["STAGES", "ModelConfig", "PreActBlock", "ResNet26", "count_parameters"]
+
 #: The network's stages in forward order. Blocks (see ``device.blocks``) are unions of stages.
 STAGES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "head", "fc")
-
-#: Spatial reduction of the stem and the three layers (stride 1, 1, 2, 2) at the head's input.
-_DOWNSAMPLE = 4
-#: The head's average-pool kernel: 8×8 at 32 px, so 128 px input pools to 4×4 (the paper's 1024-input fc).
-_POOL_KERNEL = 8
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild the network without guessing.
-
-    ``input_size`` is the side of the square input in pixels; inputs are float tensors in [0, 1]
-    of shape ``(N, in_channels, input_size, input_size)`` and are normalised inside the model.
-    """
-
-    arch: str = "preact-resnet26"
-    num_classes: int = 10
-    in_channels: int = 3
-    width: int = 1
-    input_size: int = 32
-    mean: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
-    std: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
-
-    def __post_init__(self) -> None:
-        if self.arch != "preact-resnet26":
-            raise ValueError(f"unknown architecture {self.arch!r} (known: 'preact-resnet26')")
-        if self.num_classes < 1 or self.in_channels < 1 or self.width < 1:
-            raise ValueError("num_classes, in_channels and width must be positive")
-        if self.input_size % (_DOWNSAMPLE * _POOL_KERNEL) != 0:
-            raise ValueError(
-                f"input_size must be a multiple of {_DOWNSAMPLE * _POOL_KERNEL} px, got {self.input_size}"
-            )
-        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
-            raise ValueError("mean and std need one value per input channel")
-        if any(s <= 0 for s in self.std):
-            raise ValueError("std values must be positive")
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """Shape of one sample, channels first."""
-        return (self.in_channels, self.input_size, self.input_size)
-
-    @property
-    def fc_in_features(self) -> int:
-        """Width of the pooled feature vector that ``fc`` reads."""
-        pooled_side = self.input_size // _DOWNSAMPLE // _POOL_KERNEL
-        return 64 * self.width * pooled_side * pooled_side
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain-JSON form, as stored in checkpoints."""
-        data = asdict(self)
-        data["mean"] = list(self.mean)
-        data["std"] = list(self.std)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model configuration keys: {sorted(unknown)}")
-        values = dict(data)
-        for key in ("mean", "std"):
-            if key in values:
-                values[key] = tuple(float(v) for v in values[key])
-        return cls(**values)
 
 
 class PreActBlock(nn.Module):
@@ -167,7 +101,7 @@ class ResNet26(nn.Module):
         if stage == "layer3":
             return self.layer3(x)
         if stage == "head":
-            out = F.avg_pool2d(F.relu(self.bn(x)), _POOL_KERNEL)
+            out = F.avg_pool2d(F.relu(self.bn(x)), POOL_KERNEL)
             return out.flatten(1)
         if stage == "fc":
             return self.fc(x)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -101,7 +100,6 @@ def create_app(settings: Settings, *, meter: Meter | None = None) -> FastAPI:
 
 
 def _start_daemon(settings: Settings, meter: Meter | None) -> Daemon:
-    torch.set_num_threads(1)  # the API process stays light: one thread for inference
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(settings.database_path, max_samples=settings.max_buffer_samples,
                        max_bytes=settings.max_buffer_bytes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -31,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit status."""
+    # The daemon's API process serves predictions with numpy. OpenBLAS, which numpy's matrix
+    # products use, starts a spinning thread per core; on a Pi's few cores they would fight the
+    # trainer child. It reads this when numpy loads, so it is set before any command module.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):

@@ -288,10 +288,10 @@ class JobManager:
             self._finish(job.id, "cancelled", accuracy_before=payload["accuracy_before"], error="cancelled while training",
                          progress={**(self.latest_progress or {}), "result": payload})
         elif outcome == "cancelled":
-            output.unlink(missing_ok=True)
+            self.registry.discard_candidate(job.id)
             self._finish(job.id, "cancelled", error=str(payload))
         else:
-            output.unlink(missing_ok=True)
+            self.registry.discard_candidate(job.id)
             self._finish(job.id, "failed", error=str(payload))
 
     def _train(self, job_id: int, task: TrainerTask) -> tuple[str, Any, dict[str, Any]]:

@@ -1,23 +1,39 @@
 """Model versions on disk and the active model that ``/v1/predict`` uses.
 
-Version files live in ``<data_dir>/models``; the store records them. The active model is held in
-memory and swapped by replacing one reference, so a prediction in flight finishes on the model it
-started with and the next one sees the new version — no lock on the request path.
+Version files live in ``<data_dir>/models``; the store records them. Each version is a torch
+checkpoint (``.pt``, what trainers start from) with a weights file beside it (``.npz``, what
+``/predict`` serves through :mod:`device.numpy_model`), so this process never imports torch. A
+checkpoint without its weights file (a configured base model, a data directory from before weights
+files) is converted once by a short-lived child process that does import torch.
+
+The active model is held in memory and swapped by replacing one reference, so a prediction in
+flight finishes on the model it started with and the next one sees the new version — no lock on
+the request path.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from device.checkpoint import atomic_write_bytes, load_checkpoint, remove_partial_files
-from device.inference import Prediction, predict
-from device.model import ModelConfig, ResNet26
-from device.shipped import SHIPPED_BASE_MODEL
+from device.config import ModelConfig
+from device.files import atomic_write_bytes, remove_partial_files
+from device.numpy_model import NumpyResNet26, WeightsError, load_weights, weights_path_for
+from device.prediction import Prediction
+from device.shipped import SHIPPED_BASE_MODEL, SHIPPED_BASE_WEIGHTS
 from service.store import ModelVersion, Store
+
+#: Seconds a conversion child may take: importing torch on a Raspberry Pi 3 takes tens of seconds.
+CONVERSION_TIMEOUT_SECONDS = 300.0
+
+
+class ModelFileError(RuntimeError):
+    """A model file that cannot be served; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -25,10 +41,11 @@ class LoadedModel:
     """A model version in memory."""
 
     version: int
-    model: ResNet26
+    model: NumpyResNet26
 
     @property
     def config(self) -> ModelConfig:
+        """The served model's configuration (input shape, classes, normalisation)."""
         return self.model.config
 
 
@@ -53,15 +70,29 @@ class ModelRegistry:
                 active = self.store.activate(versions[-1].version)
             else:
                 target = self.models_dir / "base.pt"
-                # Validate before copying: a bad configured base model must fail start-up clearly.
-                load_checkpoint(self.base_model)
+                # Weights first: converting validates the checkpoint, and a bad configured base
+                # model must fail start-up clearly before anything is recorded.
+                if Path(self.base_model).resolve() == SHIPPED_BASE_MODEL:
+                    atomic_write_bytes(weights_path_for(target), SHIPPED_BASE_WEIGHTS.read_bytes())
+                else:
+                    convert_checkpoint(Path(self.base_model), weights_path_for(target))
                 atomic_write_bytes(target, Path(self.base_model).read_bytes())
                 version = self.store.add_model_version(
                     target, notes=f"base model from {self.base_model}", activate=True
                 )
                 active = self.store.get_version(version)
-        self._active = LoadedModel(active.version, load_checkpoint(active.path).model)
+        self._active = LoadedModel(active.version, self.load(active.path))
         return self._active
+
+    def load(self, checkpoint: str | Path) -> NumpyResNet26:
+        """The servable model of a version's checkpoint, converting it first if it has no weights file."""
+        weights = weights_path_for(checkpoint)
+        if not weights.exists():
+            convert_checkpoint(Path(checkpoint), weights)
+        try:
+            return load_weights(weights)
+        except WeightsError as exc:
+            raise ModelFileError(str(exc)) from exc
 
     @property
     def active(self) -> LoadedModel:
@@ -71,8 +102,14 @@ class ModelRegistry:
         return self._active
 
     def candidate_path(self, job_id: int) -> Path:
-        """Where a job's trainer writes its fine-tuned model."""
+        """Where a job's trainer writes its fine-tuned checkpoint (its weights file goes beside it)."""
         return self.models_dir / f"job-{job_id}.pt"
+
+    def discard_candidate(self, job_id: int) -> None:
+        """Remove what a job's trainer wrote, when it is not to become a version."""
+        path = self.candidate_path(job_id)
+        path.unlink(missing_ok=True)
+        weights_path_for(path).unlink(missing_ok=True)
 
     def register(
         self,
@@ -85,7 +122,7 @@ class ModelRegistry:
         notes: str,
     ) -> int:
         """Record a trained model as a version; ``activate`` also makes it the one served."""
-        model = load_checkpoint(path).model if activate else None
+        model = self.load(path) if activate else None
         with self._swap_lock:
             version = self.store.add_model_version(
                 path, parent_version=parent_version, job_id=job_id, accuracy=accuracy, notes=notes, activate=activate
@@ -97,7 +134,7 @@ class ModelRegistry:
     def activate(self, version: int) -> ModelVersion:
         """Serve ``version`` from now on (rollback or roll forward); the file is loaded first."""
         record = self.store.get_version(version)
-        model = load_checkpoint(record.path).model
+        model = self.load(record.path)
         with self._swap_lock:
             record = self.store.activate(version)
             self._active = LoadedModel(version, model)
@@ -110,10 +147,24 @@ class ModelRegistry:
             path = Path(record.path)
             if path.parent == self.models_dir:
                 path.unlink(missing_ok=True)
+                weights_path_for(path).unlink(missing_ok=True)
         return removed
 
     def predict(self, x: np.ndarray) -> tuple[int, Prediction]:
         """Classes and probabilities from the active model, with its version."""
         loaded = self.active
-        return loaded.version, predict(loaded.model, x)
+        return loaded.version, loaded.model.predict(x)
+
+
+def convert_checkpoint(checkpoint: Path, weights: Path) -> Path:
+    """Write ``weights`` for ``checkpoint`` in a child process (see the module docstring)."""
+    command = [sys.executable, "-m", "device.weights_export", str(checkpoint), str(weights)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=CONVERSION_TIMEOUT_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        raise ModelFileError(f"{checkpoint}: converting it for serving took over {CONVERSION_TIMEOUT_SECONDS:.0f} s") from None
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
+        raise ModelFileError(f"{checkpoint}: cannot be served: {reason}")
+    return weights
 

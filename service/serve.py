@@ -218,6 +218,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Start uvicorn on the app and block until it stops."""
     import uvicorn
 
+    from service.allocator import tune_allocator
     from service.app import create_app
 
     try:
@@ -225,6 +226,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         raise CLIError(str(exc)) from exc
     configure_logging(settings.log_level)
+    tune_allocator()  # a daemon that runs for months must give freed memory back
     # First, before anything can start a child process: read systemd's variables and remove them
     # from the environment, so that no child (the trainer) inherits them.
     notifier = Notifier.from_environment()

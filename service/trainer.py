@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service.allocator import tune_allocator
+
 #: Variables through which systemd talks to the daemon; the trainer must never use them.
 SYSTEMD_NOTIFY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 #: Minimum seconds between two progress messages (validation results always go through).
@@ -74,6 +76,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 def trainer_main(task: TrainerTask, events: EventSink, stop: StopFlag) -> None:
     """Child process entry point."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tune_allocator()  # before torch allocates: training memory then goes back when freed
     for name in SYSTEMD_NOTIFY_VARIABLES:
         os.environ.pop(name, None)
     try:
@@ -96,7 +99,9 @@ def run_task(
 
     from device.checkpoint import load_checkpoint, save_checkpoint
     from device.finetune import FinetuneConfig, Progress, finetune
+    from device.numpy_model import weights_path_for
     from device.samples import Samples
+    from device.weights_export import export_weights
 
     torch.set_num_threads(max(1, task.threads))
     model = load_checkpoint(task.model_path).model
@@ -120,6 +125,8 @@ def run_task(
     result = finetune(model, task.block, train, val, config, on_progress=on_progress, should_stop=should_stop)
     if not result.cancelled:
         save_checkpoint(task.output_path, model, extra={"job_id": task.job_id, "finetune": result.summary()})
+        # The daemon serves predictions from this file without importing torch.
+        export_weights(model, weights_path_for(task.output_path))
     return {
         **result.summary(),
         "train_samples": len(train),

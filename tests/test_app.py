@@ -14,9 +14,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from device.checkpoint import save_checkpoint
+from device.checkpoint import load_checkpoint, save_checkpoint
+from device.inference import predict
 from device.model import ModelConfig, ResNet26
 from service.app import create_app
+from service.model_registry import ModelFileError
 from service.payloads import encode_json_batch, encode_npy_batch, encode_raw_batch
 from service.settings import Settings, load_settings
 from service.store import Store
@@ -258,7 +260,12 @@ def test_predict_and_rollback(client: TestClient) -> None:
     post_colour_samples(client, 100, 1)
     job = client.post("/v1/jobs", json={"context": "cam-1", "block": "fc"}).json()
     assert wait_for_job(client, job["id"])["state"] == "succeeded"
-    assert client.post("/v1/predict", json=body).json()["model_version"] == 2
+    served = client.post("/v1/predict", json=body).json()
+    assert served["model_version"] == 2
+    # The API process serves the trainer's numpy export; it must predict what the checkpoint does.
+    version_2 = next(v for v in client.get("/v1/models").json()["versions"] if v["version"] == 2)
+    expected = predict(load_checkpoint(version_2["path"]).model, samples.x.numpy())
+    np.testing.assert_allclose(served["probabilities"], expected.probabilities, atol=1e-5)
     assert client.post("/v1/models/1/activate").json()["active"] is True
     assert client.post("/v1/predict", json=body).json()["model_version"] == 1
     assert client.post("/v1/models/42/activate").status_code == 404
@@ -276,6 +283,36 @@ def test_running_jobs_left_by_a_crash_become_interrupted(tmp_path: Path, base_mo
     with TestClient(create_app(settings)) as client:
         assert client.get(f"/v1/jobs/{job.id}").json()["state"] == "interrupted"
     assert not partial.exists()
+
+
+def test_versions_without_weights_files_are_converted_at_start(tmp_path: Path, base_model_path: Path) -> None:
+    settings = make_settings(tmp_path, base_model_path)
+    samples = colour_samples(6, 9)
+    body = encode_json_batch(samples.x.numpy(), None)
+    with TestClient(create_app(settings)) as client:
+        first = client.post("/v1/predict", json=body).json()
+    # A data directory from before weights files existed: only the torch checkpoints.
+    weights = list(settings.models_dir.glob("*.npz"))
+    assert [w.name for w in weights] == ["base.npz"]
+    weights[0].unlink()
+    with TestClient(create_app(settings)) as client:
+        again = client.post("/v1/predict", json=body).json()
+    assert weights[0].exists()
+    assert again["classes"] == first["classes"]
+    np.testing.assert_allclose(again["probabilities"], first["probabilities"], atol=1e-6)
+
+
+def test_a_bad_base_model_fails_start_up_by_name(tmp_path: Path, base_model_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match=r"bad\.pt: cannot be served: .*not a loadable PyTorch checkpoint"):
+        with TestClient(create_app(make_settings(tmp_path, bad))):
+            pass
+    store = Store.open(make_settings(tmp_path, bad).database_path)
+    try:
+        assert store.list_versions() == []  # nothing recorded for a model that cannot be served
+    finally:
+        store.close()
 
 
 def test_status_and_openapi(client: TestClient) -> None:

@@ -30,6 +30,9 @@ def test_a_device_posts_drifted_samples_and_a_hint_and_the_daemon_adapts(tmp_pat
             return float(np.mean(np.array(reply["classes"]) == scenario.test.y)), reply["model_version"]
 
         accuracy_before, version_before = accuracy()
+        # The API process serves with numpy: torch's 200 MB belong to the trainer child alone.
+        maps = Path(f"/proc/{daemon.process.pid}/maps").read_text()
+        assert "libtorch" not in maps
         hint = client.post("/v1/drift", json={"type": "output", "context": "site-a"}).json()
         assert hint["status"] == "waiting for samples"
         for start in range(0, 600, 64):
