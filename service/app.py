@@ -29,6 +29,7 @@ from energy.discovery import select_meter
 from energy.meter import Meter
 from service import metrics
 from service.body_limit import BodySizeLimit
+from service.dashboard import dashboard_router, is_public_path
 from service.jobs import JobError, JobManager
 from service.model_registry import ModelRegistry
 from service.payloads import PayloadError, SampleBatch, decode_samples
@@ -96,6 +97,7 @@ def create_app(settings: Settings, *, meter: Meter | None = None) -> FastAPI:
         _install_token_guard(app, settings.api_token)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     _add_routes(app)
+    app.include_router(dashboard_router())
     return app
 
 
@@ -173,7 +175,7 @@ def _install_token_guard(app: FastAPI, token: str) -> None:
 
     @app.middleware("http")
     async def require_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path == "/healthz":
+        if request.url.path == "/healthz" or is_public_path(request.url.path):
             return await call_next(request)
         given = request.headers.get("authorization", "").encode()
         if not secrets.compare_digest(given, expected):
