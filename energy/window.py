@@ -393,6 +393,20 @@ class EnergyWindow:
         """The clock time the job started (after the baseline), or None before ``start``."""
         return self._start_seconds
 
+    def joules_so_far(self) -> float:
+        """Energy from the job's start (after the baseline) to now, from the readings so far.
+
+        For budgets checked while a job runs; 0 before the job starts. The final figure is
+        :meth:`stop`'s, which also accounts for gaps and the counter cross-check.
+        """
+        if self._start_seconds is None:
+            return 0.0
+        with self._lock:
+            points = [TracePoint(s.seconds, s.watts, s.source) for s in self._samples]
+        if not points:
+            return 0.0
+        return integrate(points, self._start_seconds, self.clock.now()).joules
+
     @property
     def latest_sample(self) -> MeterSample | None:
         """The most recent reading (meter or estimate), for live display."""

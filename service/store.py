@@ -720,13 +720,19 @@ class Store:
         y = np.fromiter((row[1] for row in rows), dtype=np.int64, count=len(rows))
         return x, y, [int(row[0]) for row in rows]
 
-    def count_samples(self, context: str | None = None) -> int:
-        """Samples buffered for ``context`` (all contexts for None)."""
+    def count_samples(self, context: str | None = None, *, after_id: int | None = None) -> int:
+        """Samples buffered for ``context`` (all contexts for None), only those with ids above
+        ``after_id`` when given (samples newer than what a job used)."""
         conn = self._reader().conn
-        if context is None:
-            return int(conn.execute("SELECT count(*) FROM samples").fetchone()[0])
-        row = conn.execute("SELECT count(*) FROM samples WHERE context = ?", (context,)).fetchone()
-        return int(row[0])
+        clauses, params = [], []
+        if context is not None:
+            clauses.append("context = ?")
+            params.append(context)
+        if after_id is not None:
+            clauses.append("id > ?")
+            params.append(after_id)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return int(conn.execute(f"SELECT count(*) FROM samples{where}", params).fetchone()[0])
 
     def buffer_usage(self) -> BufferUsage:
         """Samples and payload bytes buffered, across contexts."""

@@ -280,6 +280,20 @@ def test_remembered_baseline_and_no_baseline(clock: ScaledClock) -> None:
     assert window.result.baseline_watts is None and window.result.net_joules is None
 
 
+def test_joules_so_far_follow_the_job_while_it_runs(clock: ScaledClock) -> None:
+    window = EnergyWindow(fixed_estimator(4.0, clock), baseline_seconds=0)
+    assert window.joules_so_far() == 0.0  # not started
+    with window:
+        clock.sleep(2.0)
+        early = window.joules_so_far()
+        clock.sleep(3.0)
+        late = window.joules_so_far()
+    assert window.result is not None
+    assert early == pytest.approx(4.0 * 2.0, abs=4.0 * 0.6)
+    assert late == pytest.approx(4.0 * 5.0, abs=4.0 * 0.6)
+    assert late <= window.result.joules + 1e-9
+
+
 def test_estimator_only_window_says_it_is_an_estimate(clock: ScaledClock) -> None:
     with EnergyWindow(fixed_estimator(4.0, clock, board="pi5"), baseline_seconds=0) as window:
         clock.sleep(5.0)

@@ -166,6 +166,8 @@ def test_counts_and_usage(store: Store) -> None:
     store.add_samples("a", None, [0, 1], batch(2))
     store.add_samples("b", None, [0], np.zeros((1, 2), dtype=np.float32))
     assert store.count_samples() == 3 and store.count_samples("a") == 2
+    first_of_a = store.load_samples("a")[2][0]
+    assert store.count_samples("a", after_id=first_of_a) == 1 and store.count_samples(after_id=0) == 3
     assert store.buffer_usage() == (3, 2 * 4 + 8)
     assert store.context_usage() == {"a": (2, 8), "b": (1, 8)}
 
