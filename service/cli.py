@@ -14,6 +14,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "service.learner_commands",
     "service.meter_commands",
     "service.config_commands",
+    "service.operator_commands",
+    "service.demo",
 )
 
 
