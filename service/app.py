@@ -55,10 +55,11 @@ class Daemon:
 
 
 class DriftHint(BaseModel):
-    """``POST /v1/drift``: a drift type (or ``full``/``bn``/a block asked for explicitly)."""
+    """``POST /v1/drift``: a drift type, ``auto`` (detect it from the samples), or ``full``/``bn``/a
+    block asked for explicitly."""
 
     model_config = ConfigDict(extra="forbid")
-    type: Literal["input", "feature", "output", "full", "bn", "block1", "block2", "block3", "fc"]
+    type: Literal["input", "feature", "output", "auto", "full", "bn", "block1", "block2", "block3", "fc"]
     context: str = Field(default="default", pattern=CONTEXT_PATTERN)
     min_samples: int | None = Field(default=None, ge=1, le=1_000_000)
 
@@ -69,7 +70,7 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     context: str = Field(default="default", pattern=CONTEXT_PATTERN)
     block: Literal["block1", "block2", "block3", "fc", "full", "bn"] | None = None
-    drift_type: Literal["input", "feature", "output"] | None = None
+    drift_type: Literal["input", "feature", "output", "auto"] | None = None
 
 
 def create_app(settings: Settings, *, meter: Meter | None = None) -> FastAPI:

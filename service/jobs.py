@@ -28,7 +28,7 @@ from energy.window import EnergyWindow
 from service.model_registry import ModelRegistry
 from service.settings import Settings
 from service.store import Hint, Job, Store
-from service.trainer import TrainerTask, trainer_main
+from service.trainer import AUTO, TrainerTask, trainer_main
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ PROGRESS_WRITE_INTERVAL_SECONDS = 1.0
 #: Seconds :meth:`JobManager.shutdown` waits beyond ``trainer_grace_seconds`` by default: time to
 #: terminate, then kill, a trainer that ignores the stop event (5 s each), and to record the job.
 SHUTDOWN_MARGIN_SECONDS = 15.0
+#: The span of the daily energy budget: a rolling 24 hours, not a calendar day (no time zones).
+DAY_SECONDS = 24 * 3600.0
 
 
 class JobError(Exception):
@@ -157,7 +159,10 @@ class JobManager:
         with self._schedule_lock:
             if self._closing.is_set():
                 return None
-            return self._start_if_ready(context)
+            job = self._start_if_ready(context)
+            if job is None and self.settings.auto_detect:
+                job = self._start_auto_if_due(context)
+            return job
 
     def submit(self, context: str, target: str) -> Job:
         """Queue a job now (``POST /v1/jobs``), whatever the hints say."""
@@ -190,7 +195,13 @@ class JobManager:
         return current
 
     def _resolve(self, target: str) -> tuple[str, str | None]:
-        """The block a hint or request names, and its drift type (None for an explicit block)."""
+        """The block a hint or request names, and its drift type (None for an explicit block).
+
+        ``auto`` is both: the trainer detects the type and chooses the strategies (see
+        :mod:`service.trainer`); the job's block and drift type are then what it found.
+        """
+        if target == AUTO:
+            return AUTO, AUTO
         block = resolve_target(target, self.settings.block_mapping())
         drift_type = target if target in {d.value for d in DriftType} else None
         return block, drift_type
@@ -218,6 +229,37 @@ class JobManager:
         self._wake.set()
         return job
 
+    def _start_auto_if_due(self, context: str) -> Job | None:
+        """With ``auto_detect``: an ``auto`` job once ``context`` holds ``min_samples`` samples
+        newer than those its last job used, and nothing is pending or waiting for it."""
+        if self.store.waiting_hints(context) or self.store.pending_job_for_context(context) is not None:
+            return None
+        last = self.store.list_jobs(context=context, limit=1)
+        used_up_to = last[0].sample_ids[-1] if last and last[0].sample_ids else None
+        fresh = self.store.count_samples(context, after_id=used_up_to)
+        if fresh < max(self.settings.min_samples, MIN_JOB_SAMPLES):
+            return None
+        job = self.store.create_job(context, block=AUTO, drift_type=AUTO, requested_by="auto_detect",
+                                    min_samples=self.settings.min_samples)
+        self._wake.set()
+        return job
+
+    # -- energy budgets ---------------------------------------------------------------------------
+
+    def day_joules_left(self, now: float | None = None) -> float | None:
+        """Joules the 24-hour budget still allows (None: no budget), from the energy log."""
+        budget = self.settings.energy_budget_day_joules
+        if budget is None:
+            return None
+        since = (time.time() if now is None else now) - DAY_SECONDS
+        spent = sum(record.joules for record in self.store.energy_log(since=since))
+        return budget - spent
+
+    def job_budget_joules(self) -> float | None:
+        """What an ``auto`` job may spend: the per-job budget, at most what the day has left."""
+        limits = [v for v in (self.settings.energy_budget_job_joules, self.day_joules_left()) if v is not None]
+        return max(0.0, min(limits)) if limits else None
+
     # -- the worker -------------------------------------------------------------------------------
 
     def _work(self) -> None:
@@ -242,6 +284,12 @@ class JobManager:
                     self.on_change()
 
     def _run(self, job: Job) -> None:
+        left = self.day_joules_left()
+        if left is not None and left <= 0:
+            self._finish(job.id, "cancelled", error=(
+                f"energy budget: the last 24 hours used {self.settings.energy_budget_day_joules - left:.0f} J "
+                f"of the {self.settings.energy_budget_day_joules:.0f} J a day allows (energy_budget_day_joules)"))
+            return
         active = self.registry.active
         x, y, ids = self.store.load_samples(job.context)
         if len(ids) < MIN_JOB_SAMPLES:
@@ -273,6 +321,7 @@ class JobManager:
             seed=self.settings.seed,
             threads=self.settings.trainer_thread_count(),
             nice=self.settings.trainer_nice,
+            auto={"tolerance": self.settings.auto_tolerance, "budget_joules": self.job_budget_joules()},
         )
         self.store.update_job(job.id, model_version_in=active.version, sample_count=len(ids),
                               sample_ids=[ids[0], ids[-1]] if ids else None)
@@ -282,7 +331,9 @@ class JobManager:
             samples_path.unlink(missing_ok=True)
         self.store.save_energy(job.id, energy)
         self.last_energy = energy
-        if outcome == "result" and not payload["cancelled"]:
+        if outcome == "result" and block == AUTO:
+            self._finish_auto(job, active.version, payload, output)
+        elif outcome == "result" and not payload["cancelled"]:
             self._promote(job, active.version, block, payload, output)
         elif outcome == "result":
             self._finish(job.id, "cancelled", accuracy_before=payload["accuracy_before"], error="cancelled while training",
@@ -299,6 +350,7 @@ class JobManager:
         context = multiprocessing.get_context("spawn")
         events = context.Queue()
         stop = context.Event()
+        joules = context.Value("d", 0.0, lock=False)  # one writer (this thread), one reader
         self._running_job, self._running_stop = job_id, stop
         if job_id in self._cancel_requested or self._closing.is_set():
             stop.set()
@@ -309,12 +361,15 @@ class JobManager:
         if self._closing.is_set():
             # The daemon began to stop during the baseline: no point starting a trainer.
             return "cancelled", "cancelled before the trainer started: the daemon is stopping", window.stop().to_dict()
-        process = context.Process(target=trainer_main, args=(task, events, stop), name=f"tbftd-trainer-{job_id}", daemon=True)
+        process = context.Process(target=trainer_main, args=(task, events, stop, joules), name=f"tbftd-trainer-{job_id}",
+                                  daemon=True)
         process.start()
         outcome, payload = "error", "the trainer exited without a result"
         last_write = 0.0
         stop_sent_at: float | None = None
+        steps: list[dict[str, Any]] = []
         while True:
+            joules.value = window.joules_so_far()
             try:
                 kind, data = events.get(timeout=0.25)
             except queue.Empty:
@@ -332,8 +387,13 @@ class JobManager:
                     payload = f"the trainer exited with code {process.exitcode} without a result"
                     break
                 continue
+            if kind == "step":
+                steps.append(data)
+                self.latest_progress = {**(self.latest_progress or {}), "steps": list(steps)}
+                self.store.update_job(job_id, progress=self.latest_progress)
+                continue
             if kind == "progress":
-                self.latest_progress = data
+                self.latest_progress = {**data, "steps": list(steps)} if steps else data
                 now = time.monotonic()
                 if now - last_write >= PROGRESS_WRITE_INTERVAL_SECONDS or data.get("phase") == "validate":
                     self.store.update_job(job_id, progress=data)
@@ -355,7 +415,8 @@ class JobManager:
         watts, measured_at = self._baseline
         return watts if time.monotonic() - measured_at < BASELINE_MAX_AGE_SECONDS else None
 
-    def _promote(self, job: Job, parent: int, block: str, payload: dict[str, Any], output: Path) -> None:
+    def _promote(self, job: Job, parent: int, block: str, payload: dict[str, Any], output: Path,
+                 decision: dict[str, Any] | None = None) -> None:
         before, after = payload["accuracy_before"], payload["accuracy_after"]
         promoted, reason = promotion_decision(before, after, self.settings.promote_margin, parent)
         version = self.registry.register(
@@ -373,9 +434,50 @@ class JobManager:
             accuracy_before=before,
             accuracy_after=after,
             model_version_out=version,
-            decision={"promoted": promoted, "reason": reason, "block": block, "version": version},
+            decision={**(decision or {}), "promoted": promoted, "reason": reason, "block": block, "version": version},
             progress={**(self.latest_progress or {}), "result": payload},
         )
+
+    def _finish_auto(self, job: Job, parent: int, payload: dict[str, Any], output: Path) -> None:
+        """Record what an ``auto`` job detected and ran; promote its model like any job's."""
+        auto = payload["auto"]
+        detection = auto.get("detection") or {}
+        steps = [
+            {key: step.get(key) for key in ("strategy", "accuracy_before", "accuracy_after", "joules", "seconds",
+                                            "cpu_seconds", "epochs", "kept", "reason", "stopped_by_budget")}
+            for step in auto.get("steps", [])
+        ]
+        decision = {
+            "detected": detection.get("drift_type"),
+            "confidence": detection.get("confidence"),
+            "rule": (detection.get("evidence") or {}).get("rule"),
+            "probe_used": detection.get("probe_used"),
+            "detection_joules": auto.get("detection_joules"),
+            "detection_seconds": detection.get("seconds"),
+            "ladder": auto.get("ladder"),
+            "target_accuracy": auto.get("target_accuracy"),
+            "strategies": steps,
+            "kept": auto.get("kept"),
+            "stopped_by_budget": auto.get("stopped_by_budget"),
+            "budget_joules": self.job_budget_joules() if auto.get("stopped_by_budget") else None,
+        }
+        changes: dict[str, Any] = {"drift_type": payload["drift_type"], "block": payload["block"],
+                                   "evidence": detection.get("evidence")}
+        progress = {**(self.latest_progress or {}), "result": payload}
+        if payload["cancelled"]:
+            self.registry.discard_candidate(job.id)
+            self._finish(job.id, "cancelled", accuracy_before=payload["accuracy_before"], error="cancelled while adapting",
+                         decision=decision, progress=progress, **changes)
+            return
+        if not payload["candidate"]:
+            what = ("no drift detected: nothing trained" if payload["drift_type"] == "none"
+                    else "no strategy improved validation accuracy: the model is unchanged")
+            self._finish(job.id, "succeeded", accuracy_before=payload["accuracy_before"],
+                         accuracy_after=payload["accuracy_after"], decision={**decision, "promoted": False, "reason": what},
+                         progress=progress, **changes)
+            return
+        self.store.update_job(job.id, **changes)
+        self._promote(job, parent, payload["block"], payload, output, decision=decision)
 
     def _finish(self, job_id: int, state: str, **changes: Any) -> None:
         self.store.update_job(job_id, state=state, finished_at=time.time(), **changes)

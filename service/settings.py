@@ -235,6 +235,36 @@ class Settings:
         minimum=0,
     )
 
+    # --- Drift detection and energy budgets -------------------------------------------------------
+    auto_detect: bool = setting(
+        False,
+        "Treat every context as `auto` when its devices send no hint: once it holds `min_samples` "
+        "samples that no job has used, detect the drift type from them and adapt (a detected "
+        "`none` trains nothing).",
+    )
+    auto_tolerance: float = setting(
+        0.02,
+        "An `auto` job stops escalating (`bn` → `block1`) once validation accuracy is within this "
+        "of the model's source accuracy (a fraction, 0.02 = two points).",
+        minimum=0,
+        maximum=1,
+    )
+    energy_budget_job_joules: float | None = setting(
+        None,
+        "Joules an `auto` job may spend: no further strategy starts beyond it, and training stops "
+        "at the end of the epoch that crosses it, keeping the best weights. Default: no limit.",
+        minimum=0,
+        example=500.0,
+    )
+    energy_budget_day_joules: float | None = setting(
+        None,
+        "Joules all jobs together may spend in any 24 hours: a job due when they are spent is not "
+        "started (it is cancelled, saying why), and an `auto` job's budget is at most what "
+        "remains. Default: no limit.",
+        minimum=0,
+        example=5000.0,
+    )
+
     # --- Energy -----------------------------------------------------------------------------------
     meter_port: str | None = setting(
         None,

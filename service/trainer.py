@@ -4,12 +4,18 @@ The daemon starts :func:`trainer_main` with the ``spawn`` start method (``fork``
 torch's OpenMP threads). The child lowers its priority, uses ``cores − 1`` torch threads, ignores
 Ctrl+C (the parent decides when it stops), never talks to systemd, and stops cooperatively at the
 next batch when the parent sets the stop event. It reports through a queue of ``(kind, payload)``
-tuples: ``("progress", dict)`` at most a few times a second, then one ``("result", dict)`` or
-``("error", str)``.
+tuples: ``("progress", dict)`` at most a few times a second, ``("step", dict)`` after each strategy of an
+``auto`` job, then one ``("result", dict)`` or ``("error", str)``.
+
+An ``auto`` job (``block == "auto"``) detects the drift type from its training samples
+(:func:`drift.detect.detect`) and climbs that type's ladder of strategies, cheapest first
+(:func:`drift.strategy.adapt`); the parent feeds the joules used so far through a shared value so
+the child can keep within the job's energy budget.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -41,6 +47,13 @@ class TrainerTask:
     seed: int = 0
     threads: int = 1
     nice: int = 10
+    #: For ``auto`` jobs: ``tolerance`` (accuracy fraction) and ``budget_joules`` (None: no limit).
+    auto: dict[str, Any] = field(default_factory=dict)
+
+#: ``TrainerTask.block`` of a job that detects its drift type and chooses its strategies.
+AUTO = "auto"
+#: Most samples a new version's source statistics are computed on (a forward pass over them).
+SOURCE_STATISTICS_SAMPLES = 512
 
 
 class EventSink(Protocol):
@@ -53,6 +66,12 @@ class StopFlag(Protocol):
     """Set by the parent to ask the job to stop at the next batch."""
 
     def is_set(self) -> bool: ...
+
+
+class SharedJoules(Protocol):
+    """The parent's running energy figure for this job (a ``multiprocessing.Value('d')``)."""
+
+    value: float
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +92,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
 
 
-def trainer_main(task: TrainerTask, events: EventSink, stop: StopFlag) -> None:
+def trainer_main(task: TrainerTask, events: EventSink, stop: StopFlag, joules: SharedJoules | None = None) -> None:
     """Child process entry point."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tune_allocator()  # before torch allocates: training memory then goes back when freed
@@ -84,7 +103,8 @@ def trainer_main(task: TrainerTask, events: EventSink, stop: StopFlag) -> None:
     except OSError:
         pass  # not permitted here; training still works, only less politely
     try:
-        events.put(("result", run_task(task, events.put, stop.is_set)))
+        energy_used = (lambda: float(joules.value)) if joules is not None else None
+        events.put(("result", run_task(task, events.put, stop.is_set, energy_used)))
     except Exception as exc:  # reported to the parent, which records the job as failed
         events.put(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -93,18 +113,22 @@ def run_task(
     task: TrainerTask,
     emit: Callable[[tuple[str, Any]], None],
     should_stop: Callable[[], bool],
+    energy_used: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
-    """Load the model and samples, split them, fine-tune, save the candidate; returns a summary."""
+    """Load the model and samples, split them, fine-tune (or detect and adapt), save the candidate;
+    returns a summary. No candidate is written when nothing changed the model."""
     import torch
 
     from device.checkpoint import load_checkpoint, save_checkpoint
-    from device.finetune import FinetuneConfig, Progress, finetune
+    from device.finetune import FinetuneConfig, Progress
     from device.numpy_model import weights_path_for
     from device.samples import Samples
     from device.weights_export import export_weights
+    from drift.source_stats import CHECKPOINT_KEY, SourceStatistics, source_statistics_of
 
     torch.set_num_threads(max(1, task.threads))
-    model = load_checkpoint(task.model_path).model
+    checkpoint = load_checkpoint(task.model_path)
+    model = checkpoint.model
     with np.load(task.samples_path, allow_pickle=False) as data:
         x, y = data["x"], data["y"]
     train_index, val_index = stratified_split(y, task.val_fraction, task.seed)
@@ -122,22 +146,74 @@ def run_task(
         emit(("progress", _progress_dict(progress)))
 
     config = FinetuneConfig(**{**task.finetune, "seed": task.seed})
-    result = finetune(model, task.block, train, val, config, on_progress=on_progress, should_stop=should_stop)
-    if not result.cancelled:
-        save_checkpoint(task.output_path, model, extra={"job_id": task.job_id, "finetune": result.summary()})
+    if task.block == AUTO:
+        summary, changed = _detect_and_adapt(task, model, train, val, config, source_statistics_of(checkpoint.extra, model),
+                                             emit, on_progress, should_stop, energy_used)
+    else:
+        summary, changed = _finetune_block(task, model, train, val, config, on_progress, should_stop)
+    if changed:
+        # What the next auto job compares its samples with: this version's own data and accuracy.
+        statistics = SourceStatistics.from_model(model, train, summary["accuracy_after"],
+                                                 max_samples=SOURCE_STATISTICS_SAMPLES)
+        extra = {"job_id": task.job_id, "result": _jsonable(summary), CHECKPOINT_KEY: statistics.to_dict()}
+        save_checkpoint(task.output_path, model, extra=extra)
         # The daemon serves predictions from this file without importing torch.
         export_weights(model, weights_path_for(task.output_path))
-    return {
+    return {**summary, "candidate": changed, "train_samples": len(train), "val_samples": len(val)}
+
+
+def _finetune_block(task: TrainerTask, model: Any, train: Any, val: Any, config: Any,
+                    on_progress: Callable[[Any], None], should_stop: Callable[[], bool]) -> tuple[dict[str, Any], bool]:
+    from device.finetune import finetune
+
+    result = finetune(model, task.block, train, val, config, on_progress=on_progress, should_stop=should_stop)
+    summary = {
         **result.summary(),
-        "train_samples": len(train),
-        "val_samples": len(val),
         "train_losses": result.train_losses,
         "val_losses": result.val_losses,
         "val_accuracies": result.val_accuracies,
     }
+    return summary, not result.cancelled
+
+
+def _detect_and_adapt(task: TrainerTask, model: Any, train: Any, val: Any, config: Any, source: Any,
+                      emit: Callable[[tuple[str, Any]], None], on_progress: Callable[[Any], None],
+                      should_stop: Callable[[], bool],
+                      energy_used: Callable[[], float] | None) -> tuple[dict[str, Any], bool]:
+    from drift.strategy import AdaptConfig, StepResult, detect_and_adapt
+
+    def on_step(step: StepResult) -> None:
+        emit(("step", _jsonable(asdict(step))))
+
+    adapt_config = AdaptConfig(
+        tolerance=float(task.auto.get("tolerance", 0.02)),
+        budget_joules=task.auto.get("budget_joules"),
+        finetune=config,
+    )
+    result = detect_and_adapt(model, train, val, source, adapt_config, energy_used=energy_used,
+                              on_progress=on_progress, should_stop=should_stop, on_step=on_step)
+    kept = result.strategies
+    summary = {
+        "block": kept[-1] if kept else None,
+        "drift_type": result.drift_type,
+        "accuracy_before": result.accuracy_before,
+        "accuracy_after": result.accuracy_after,
+        "cancelled": result.cancelled,
+        "auto": _jsonable(result.to_dict()),
+    }
+    return summary, bool(kept) and not result.cancelled
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: the store and the API hand results out as JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def _progress_dict(progress: Any) -> dict[str, Any]:
-    data = asdict(progress)
-    # NaN is not JSON; the store and the API hand progress out as JSON.
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in data.items()}
+    return dict(_jsonable(asdict(progress)))

@@ -321,3 +321,68 @@ def test_status_and_openapi(client: TestClient) -> None:
     assert status["meter"]["estimate"] is True and status["meter"]["source"].startswith("estimate")
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/samples", "/v1/drift", "/v1/jobs", "/v1/predict", "/v1/energy"} <= set(paths)
+
+
+# -- auto jobs and energy budgets ---------------------------------------------------------------------
+
+
+def test_an_auto_job_records_its_detection_and_strategies(client: TestClient) -> None:
+    post_colour_samples(client, 80, 1)
+    reply = client.post("/v1/drift", json={"type": "auto", "context": "cam-1"}).json()
+    assert reply["status"] == "scheduled" and reply["job"]["block"] == "auto"
+    job = wait_for_job(client, reply["job"]["id"])
+    assert job["state"] == "succeeded", job
+    decision = job["decision"]
+    # Whatever it found, the job says what, why, and what each strategy cost and gained.
+    assert job["drift_type"] == decision["detected"] in ("input", "feature", "output", "none")
+    assert 0 <= decision["confidence"] <= 1 and decision["rule"] and job["evidence"]
+    assert decision["detection_joules"] > 0
+    assert [s["strategy"] for s in decision["strategies"]] == decision["ladder"][: len(decision["strategies"])]
+    for step in decision["strategies"]:
+        assert step["joules"] > 0 and 0 <= step["accuracy_after"] <= 1
+    if decision["kept"]:
+        assert job["block"] == decision["kept"][-1] and job["model_version_out"] == 2
+    else:
+        assert job["block"] is None and job["model_version_out"] is None and decision["promoted"] is False
+    assert job["energy"]["drift_type"] == job["drift_type"]
+
+
+def test_the_job_budget_stops_an_auto_job_before_its_strategies(tmp_path: Path, base_model_path: Path) -> None:
+    # The estimator draws watts from the first second on; detection alone spends more than 1 J.
+    settings = make_settings(tmp_path, base_model_path, energy_budget_job_joules=1.0)
+    with TestClient(create_app(settings)) as client:
+        post_colour_samples(client, 80, 1)
+        job = client.post("/v1/jobs", json={"context": "cam-1", "drift_type": "auto"}).json()
+        job = wait_for_job(client, job["id"])
+    assert job["state"] == "succeeded", job
+    decision = job["decision"]
+    if decision["detected"] == "none":
+        pytest.skip("the untrained model saw no drift, so no strategy was due")
+    assert decision["stopped_by_budget"] is True and decision["strategies"] == []
+    assert decision["budget_joules"] == pytest.approx(1.0)
+    assert job["model_version_out"] is None
+
+
+def test_the_day_budget_stops_jobs_from_starting(tmp_path: Path, base_model_path: Path) -> None:
+    settings = make_settings(tmp_path, base_model_path, energy_budget_day_joules=1.0)
+    with TestClient(create_app(settings)) as client:
+        post_colour_samples(client, 60, 1)
+        first = wait_for_job(client, client.post("/v1/jobs", json={"context": "cam-1", "block": "fc"}).json()["id"])
+        assert first["state"] == "succeeded" and first["energy"]["joules"] > 1.0
+        second = wait_for_job(client, client.post("/v1/jobs", json={"context": "cam-1", "block": "fc"}).json()["id"])
+    assert second["state"] == "cancelled"
+    assert "energy budget" in second["error"] and "energy_budget_day_joules" in second["error"]
+    assert second["energy"] is None  # nothing ran, nothing measured
+
+
+def test_auto_detect_starts_auto_jobs_on_fresh_samples_only(tmp_path: Path, base_model_path: Path) -> None:
+    settings = make_settings(tmp_path, base_model_path, auto_detect=True, min_samples=40)
+    with TestClient(create_app(settings)) as client:
+        assert post_colour_samples(client, 30, 1)["job"] is None
+        job = post_colour_samples(client, 20, 2)["job"]
+        assert job is not None and job["block"] == "auto" and job["requested_by"] == "auto_detect"
+        assert wait_for_job(client, job["id"])["state"] == "succeeded"
+        assert post_colour_samples(client, 30, 3)["job"] is None  # 30 new samples: not yet
+        again = post_colour_samples(client, 10, 4)["job"]
+        assert again is not None and again["id"] == job["id"] + 1
+        wait_for_job(client, again["id"])
