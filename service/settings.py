@@ -181,7 +181,7 @@ class Settings:
         128, "Training batch size (the optimizer's step; the paper's 128).", minimum=1
     )
     micro_batch_size: int = setting(
-        32,
+        16,
         "Samples per forward/backward pass; gradients of a batch's passes are accumulated, so "
         "peak training memory follows this, not `batch_size` (BatchNorm in train mode sees the "
         "smaller batches).",
