@@ -16,6 +16,8 @@ BatchNorm modes:
   pass through batch statistics, which costs as much as its convolutions' on a CPU.
 - ``frozen``: frozen layers keep the source statistics (eval mode), as surgical fine-tuning does;
   only the block's own BatchNorm layers follow the target data.
+- ``adapted``: the statistics were already re-estimated on these samples (a ``bn`` step just ran):
+  as ``adapt``, without the forward passes that would estimate them again.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from device.model import STAGES, ResNet26
 from device.prefix_cache import DEFAULT_CACHE_BUDGET_BYTES, FeatureSource, build_prefix_source
 from device.samples import Samples
 
-BNMode = Literal["adapt", "frozen"]
+BNMode = Literal["adapt", "frozen", "adapted"]
+#: The modes a job's settings choose from; ``adapted`` is set by a ladder after its ``bn`` step.
 BN_MODES: tuple[str, ...] = ("adapt", "frozen")
 
 
@@ -82,8 +85,8 @@ class FinetuneConfig:
             raise ValueError("lr must be positive")
         if self.patience is not None and self.patience < 1:
             raise ValueError("patience must be at least 1 (or None to disable early stopping)")
-        if self.bn_mode not in BN_MODES:
-            raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
+        if self.bn_mode not in (*BN_MODES, "adapted"):
+            raise ValueError(f"bn_mode must be one of {BN_MODES} (or 'adapted'), got {self.bn_mode!r}")
         if self.cache_budget_bytes < 0:
             raise ValueError("cache_budget_bytes must not be negative")
         if self.bn_samples is not None and self.bn_samples < 1:
@@ -167,6 +170,7 @@ def finetune(
     config: FinetuneConfig | None = None,
     on_progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    before: Evaluation | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``block`` of ``model`` in place on ``train``, selecting weights on ``val``.
 
@@ -174,7 +178,8 @@ def finetune(
     so a job never leaves the model worse on ``val`` than where training began). ``should_stop`` is
     checked before every batch; when it answers True the model is restored to exactly its state
     before the call and the result has ``cancelled=True``. The model is left in eval mode with
-    every parameter's ``requires_grad`` restored.
+    every parameter's ``requires_grad`` restored. ``before`` is the caller's own evaluation of the
+    model as it is on ``val`` (a ladder has it from the step before): the job then does not repeat it.
     """
     config = config or FinetuneConfig()
     spec = get_block(block)
@@ -191,6 +196,7 @@ def finetune(
     original_state = copy.deepcopy(model.state_dict())
     original_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     run = _Run(model, spec, train, val, config, on_progress, should_stop)
+    run.before = before
     try:
         result = run.execute()
     except StopRequested:
@@ -251,7 +257,8 @@ class _Run:
     def execute(self) -> FinetuneResult:
         model, spec, config = self.model, self.spec, self.config
         model.eval()
-        self.before = evaluate_batches(model, self.val.images, self.val.y, config.eval_batch_size)
+        if self.before is None:
+            self.before = evaluate_batches(model, self.val.images, self.val.y, config.eval_batch_size)
         self.report(Progress("prepare", 0, config.epochs, 0, 0, float("nan"), 0.0, self.before.loss, self.before.accuracy))
         self.check_stop()
 
@@ -279,7 +286,9 @@ class _Run:
         def tail(features: Tensor) -> Tensor:
             return model.forward_stages(features, spec.start, len(STAGES))
 
-        best = evaluate_batches(tail, val_source.batch, self.val.y, config.eval_batch_size)
+        # Re-estimated statistics change the model; otherwise it is still the one evaluated before.
+        recalibrated = config.bn_mode == "adapt" and spec.name != "full"
+        best = evaluate_batches(tail, val_source.batch, self.val.y, config.eval_batch_size) if recalibrated else self.before
         self._best_state = copy.deepcopy(model.state_dict())
         optimizer = torch.optim.SGD(
             trainable,
@@ -289,7 +298,8 @@ class _Run:
         )
         generator = torch.Generator().manual_seed(config.seed)
         batches = -(-len(self.train) // config.batch_size)
-        tracked = batchnorm_layers(stage_module_list(model, spec.suffix_stages)) if config.bn_mode == "adapt" else []
+        follows_target = config.bn_mode in ("adapt", "adapted")
+        tracked = batchnorm_layers(stage_module_list(model, spec.suffix_stages)) if follows_target else []
         with RunningStatisticsTracker(tracked):
             best, best_epoch = self._train_epochs(tail, train_source, val_source, optimizer, generator, best, batches)
         model.load_state_dict(self._best_state)

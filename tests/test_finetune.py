@@ -47,6 +47,46 @@ def test_adapt_mode_changes_only_block_weights_and_batchnorm_statistics(
     assert "layer1.0.bn1.running_mean" in changed
 
 
+def test_adapted_mode_keeps_the_prefix_statistics_and_follows_the_target_behind_the_block(
+    model: ResNet26, train_samples: Samples, val_samples: Samples
+) -> None:
+    # "adapted": a bn step already re-estimated the statistics; the job must not estimate them again.
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    finetune(model, "block2", train_samples, val_samples, FinetuneConfig(bn_mode="adapted", lr=0.05, **QUICK))
+    after = model.state_dict()
+    assert torch.equal(before["layer1.0.bn1.running_mean"], after["layer1.0.bn1.running_mean"])
+    assert torch.equal(before["layer1.3.bn2.running_var"], after["layer1.3.bn2.running_var"])
+    # Behind the block the statistics still follow the training batches, as in "adapt".
+    assert not torch.equal(before["layer3.0.bn1.running_mean"], after["layer3.0.bn1.running_mean"])
+    with pytest.raises(ValueError, match="bn_mode"):
+        FinetuneConfig(bn_mode="sideways")  # type: ignore[arg-type]
+
+
+def test_a_given_evaluation_before_is_not_repeated(
+    model: ResNet26, train_samples: Samples, val_samples: Samples, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import device.finetune as engine
+
+    calls: list[int] = []
+    real = engine.evaluate_batches
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "evaluate_batches", counting)
+    config = FinetuneConfig(bn_mode="frozen", **QUICK)
+    fresh = finetune(clone(model), "fc", train_samples, val_samples, config)
+    evaluations_fresh = len(calls)
+    calls.clear()
+    model.eval()
+    given = evaluate_batches(model, val_samples.images, val_samples.y, 256)
+    reused = finetune(clone(model), "fc", train_samples, val_samples, config, before=given)
+    assert len(calls) == evaluations_fresh - 1
+    assert reused.accuracy_before == given.accuracy == pytest.approx(fresh.accuracy_before)
+    assert reused.loss_after == pytest.approx(fresh.loss_after)
+
+
 def test_frozen_parts_have_no_grad_and_stay_in_eval_mode_during_training(
     model: ResNet26, train_samples: Samples, val_samples: Samples
 ) -> None:
