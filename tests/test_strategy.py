@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,8 +21,17 @@ from device.samples import Samples
 from device.shipped import load_shipped_base_model
 from drift import labels, shapes
 from drift.corruptions import corrupt
+from drift.detect import Detection
 from drift.source_stats import SourceStatistics, source_statistics_of
-from drift.strategy import DEFAULT_LADDERS, AdaptConfig, StepResult, adapt, detect_and_adapt, plan
+from drift.strategy import (
+    DEFAULT_LADDERS,
+    PAPER_RUNG_SETTINGS,
+    AdaptConfig,
+    StepResult,
+    adapt,
+    detect_and_adapt,
+    plan,
+)
 
 # Few, large steps: the classifier learns a flip within a couple of epochs.
 QUICK = FinetuneConfig(epochs=2, patience=None, batch_size=32, lr=0.1, bn_samples=128)
@@ -93,6 +103,14 @@ def test_rung_settings_adjust_the_jobs_configuration() -> None:
     # An explicit learning rate wins, and a rung never trains longer than the job allows.
     explicit = AdaptConfig(finetune=FinetuneConfig(epochs=2, lr=0.02), rung_settings={"block1": {"lr": 0.005, "epochs": 3}})
     assert explicit.finetune_for("block1").lr == 0.02 and explicit.finetune_for("block1").epochs == 2
+    # The defaults: small batches for every trained rung, fewer epochs for the expensive blocks.
+    job = FinetuneConfig(epochs=10, batch_size=128, micro_batch_size=16, bn_mode="frozen")
+    defaults = AdaptConfig(finetune=job)
+    assert all(defaults.finetune_for(s).batch_size == 16 for s in ("block1", "block2", "block3", "fc"))
+    assert defaults.finetune_for("block1").epochs < defaults.finetune_for("block3").epochs < job.epochs
+    assert defaults.finetune_for("fc").epochs == job.epochs
+    assert defaults.finetune_for("block1").bn_mode == "frozen" and defaults.finetune_for("block1").micro_batch_size == 16
+    assert AdaptConfig(finetune=job, rung_settings=PAPER_RUNG_SETTINGS).finetune_for("block1") == job
     with pytest.raises(ValueError):
         AdaptConfig(rung_settings={"block1": {"learning_rate": 0.1}})
 
@@ -125,6 +143,50 @@ def test_escalates_while_short_of_the_target(base: ResNet26, shipped: tuple[ResN
     assert result.accuracy_after > result.accuracy_before
     for earlier, later in zip(result.steps, result.steps[1:]):
         assert later.accuracy_before == (earlier.accuracy_after if earlier.kept else earlier.accuracy_before)
+
+
+def test_statistics_are_estimated_once_per_ladder(
+    base: ResNet26, shipped: tuple[ResNet26, SourceStatistics], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import device.finetune as engine
+
+    estimates: list[int] = []
+    real = engine.recalibrate_batchnorm
+
+    def counting(*args: Any, **kwargs: Any) -> int:
+        estimates.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "recalibrate_batchnorm", counting)
+    # Noise: re-estimated statistics help, so the bn step is kept and the later rungs build on it.
+    clean = shapes.generate(192, 21, subclasses=(0, 1))
+    noisy = Samples.from_arrays(corrupt(clean.x, "gaussian_noise", 5, seed=2), clean.y)
+    train, val = noisy.subset(torch.arange(128)), noisy.subset(torch.arange(128, 192))
+    config = AdaptConfig(target_accuracy=1.0, finetune=QUICK, ladders={"input": ("bn", "fc", "block3")})
+    result = adapt(base, train, val, "input", shipped[1], config)
+    assert [s.strategy for s in result.steps] == ["bn", "fc", "block3"] and result.steps[0].kept
+    assert len(estimates) == 1, "a rung after a kept bn step estimated the statistics again"
+    # Each rung starts from the evaluation the one before left, without evaluating it again.
+    assert result.steps[1].accuracy_before == result.steps[0].accuracy_after
+
+
+def test_a_consistent_confusion_beside_input_drift_ends_the_ladder_with_fc(
+    base: ResNet26, shipped: tuple[ResNet26, SourceStatistics]
+) -> None:
+    train, val = _flipped(128, 16), _flipped(64, 17)
+
+    def detected(relabel_gain: float) -> Detection:
+        return Detection("input", 0.6, {"relabel_gain": relabel_gain}, forward_passes=0, probe_used=False,
+                         seconds=0.0, cpu_seconds=0.0)
+
+    config = AdaptConfig(target_accuracy=1.0, finetune=QUICK, ladders={"input": ("bn",)})
+    hinted = adapt(copy.deepcopy(base), train, val, "input", shipped[1], config, detection=detected(0.09))
+    assert hinted.ladder == ["bn", "fc"] and hinted.strategies == ["fc"]
+    assert hinted.accuracy_after > hinted.accuracy_before + 0.2
+    plain = adapt(copy.deepcopy(base), train, val, "input", shipped[1], config, detection=detected(0.01))
+    assert plain.ladder == ["bn"]
+    off = AdaptConfig(target_accuracy=1.0, finetune=QUICK, ladders={"input": ("bn",)}, relabel_hint=None)
+    assert adapt(copy.deepcopy(base), train, val, "input", shipped[1], off, detection=detected(0.9)).ladder == ["bn"]
 
 
 def test_a_step_that_hurts_is_reverted(base: ResNet26, shipped: tuple[ResNet26, SourceStatistics]) -> None:
@@ -162,7 +224,8 @@ def test_budget_stops_training_at_the_next_epoch_and_keeps_the_best(
     meter = ScriptedMeter(per_batch=1.0)
     train, val = _flipped(200, 10), _flipped(64, 11)
     long = FinetuneConfig(epochs=10, patience=None, batch_size=128, lr=0.1, bn_samples=64)
-    config = AdaptConfig(target_accuracy=1.0, budget_joules=3.0, finetune=long, ladders={"output": ("fc", "block3")})
+    config = AdaptConfig(target_accuracy=1.0, budget_joules=3.0, finetune=long, ladders={"output": ("fc", "block3")},
+                         rung_settings=PAPER_RUNG_SETTINGS)
     result = adapt(base, train, val, "output", shipped[1], config, energy_used=meter, on_progress=meter.on_progress)
     (step,) = result.steps
     assert step.stopped_by_budget and result.stopped_by_budget
@@ -207,6 +270,7 @@ def test_detect_and_adapt_fixes_relabelled_outputs(base: ResNet26, shipped: tupl
     assert result.accuracy_after > result.accuracy_before + 0.3
     data = json.loads(json.dumps(result.to_dict()))
     assert data["detection"]["drift_type"] == "output"
-    batches = -(-len(train) // QUICK.batch_size)
-    assert data["steps"][0]["joules"] == pytest.approx(meter.per_batch * batches * QUICK.epochs)
+    fc = AdaptConfig(finetune=QUICK).finetune_for("fc")
+    batches = -(-len(train) // fc.batch_size)
+    assert data["steps"][0]["joules"] == pytest.approx(meter.per_batch * batches * fc.epochs)
     assert np.isfinite(data["steps"][0]["cpu_seconds"])
