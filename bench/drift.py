@@ -46,7 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: The single strategies the automatic choice is measured against; ``full`` is measured besides.
 SINGLE_STRATEGIES = ("block1", "block2", "block3", "fc", "bn")
-BASELINES = (*SINGLE_STRATEGIES, "full")
+#: ``full`` with the small batches and few epochs of the ladder's block1 rung: not a target, but it
+#: shows how much of auto's saving the rung settings alone would give full fine-tuning.
+FULL_AT_RUNG_SETTINGS = "full16"
+BASELINES = (*SINGLE_STRATEGIES, "full", FULL_AT_RUNG_SETTINGS)
 
 #: The issue's targets.
 DETECTION_TARGET = 0.90
@@ -240,8 +243,11 @@ def _scenario_job(
     baselines = {}
     for strategy in strategies:
         model = copy.deepcopy(base)
+        block, block_config = strategy, config
+        if strategy == FULL_AT_RUNG_SETTINGS:
+            block, block_config = "full", AdaptConfig(finetune=config).finetune_for("block1")
         wall_started, cpu_started = time.perf_counter(), time.process_time()
-        outcome = finetune(model, strategy, train, val, config)
+        outcome = finetune(model, block, train, val, block_config)
         baselines[strategy] = {
             "strategy": strategy,
             "accuracy_after": _test_accuracy(model, test_x, test_y),
@@ -503,6 +509,21 @@ def evaluate_targets(results: list[ScenarioResult]) -> list[dict[str, Any]]:
     return targets
 
 
+def format_reference(results: list[ScenarioResult]) -> str:
+    """What ``full`` at the rungs' settings gives: how much of auto's saving the settings alone explain."""
+    both = [r for r in results if "full" in r.baselines and FULL_AT_RUNG_SETTINGS in r.baselines]
+    if not both:
+        return ""
+    mean = {k: sum(r.baselines[k].cpu_seconds for r in both) / len(both) for k in ("full", FULL_AT_RUNG_SETTINGS)}
+    accuracy = {k: sum(r.baselines[k].accuracy_after for r in both) / len(both) for k in ("full", FULL_AT_RUNG_SETTINGS)}
+    auto_s = sum(r.auto.cpu_seconds for r in both) / len(both)
+    auto_acc = sum(r.auto.accuracy_after for r in both) / len(both)
+    return (f"reference, {len(both)} drifted scenarios: {FULL_AT_RUNG_SETTINGS} (full fine-tuning in the block1 rung's "
+            f"batches and epochs) {mean[FULL_AT_RUNG_SETTINGS]:.1f} cpu s = {mean[FULL_AT_RUNG_SETTINGS] / mean['full']:.2f}"
+            f" of full, mean test accuracy {100 * accuracy[FULL_AT_RUNG_SETTINGS]:.1f}% (full {100 * accuracy['full']:.1f}%,"
+            f" auto {100 * auto_acc:.1f}%); auto costs {auto_s / mean[FULL_AT_RUNG_SETTINGS]:.2f} of it")
+
+
 def format_targets(targets: list[dict[str, Any]]) -> str:
     """The targets as a table, then the scenarios behind each miss (for the energy target: those above it)."""
     width = max((len(t["target"]) for t in targets), default=10)
@@ -602,6 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_breakdown(results))
     print()
     print(format_targets(evaluate_targets(results)))
+    reference = format_reference(results)
+    if reference:
+        print(reference)
     if len(statistics.get("detector_versions", [])) > 1:
         print("\nWARNING: the detector or the ladders changed during the run; these figures mix versions.")
     print(f"\n{len(results)} scenarios in {total_seconds:.0f} s wall; load average (1, 5, 15 min) "
