@@ -271,7 +271,8 @@ class _Run:
 
         # Statistics start from the target data, and the prefix's must be final before caching.
         # A whole-model job adapts them by training in train mode, as plain fine-tuning does.
-        if config.bn_mode == "adapt" and spec.name != "full":
+        recalibrated = config.bn_mode == "adapt" and spec.name != "full"
+        if recalibrated:
             recalibrate_batchnorm(model, self._bn_subset(), config.eval_batch_size, self.should_stop)
         for p in model.parameters():
             p.requires_grad_(False)
@@ -287,7 +288,6 @@ class _Run:
             return model.forward_stages(features, spec.start, len(STAGES))
 
         # Re-estimated statistics change the model; otherwise it is still the one evaluated before.
-        recalibrated = config.bn_mode == "adapt" and spec.name != "full"
         best = evaluate_batches(tail, val_source.batch, self.val.y, config.eval_batch_size) if recalibrated else self.before
         self._best_state = copy.deepcopy(model.state_dict())
         optimizer = torch.optim.SGD(
