@@ -8,9 +8,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from energy.emulator import Emulator
+from energy.profiles import ConstantProfile
 
 
 def free_port() -> int:
@@ -60,3 +65,22 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise
+
+
+@contextmanager
+def metered_daemon(data_dir: Path, watts: float, *extra: str) -> Iterator[Daemon]:
+    """A daemon metered by an emulated UM25C that draws ``watts``; on exit both stop, and the
+    daemon must have exited cleanly."""
+    meter = Emulator(model="um25c", profile=ConstantProfile(watts))
+    meter.start()
+    try:
+        running = Daemon(data_dir, meter.port, *extra)
+    except BaseException:
+        meter.stop()
+        raise
+    try:
+        yield running
+    finally:
+        status = running.stop()
+        meter.stop()
+        assert status == 0, running.stderr_path.read_text()[-2000:]

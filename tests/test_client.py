@@ -10,15 +10,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from energy.emulator import Emulator
-from energy.profiles import ConstantProfile
 from service.client import (
     ClientError,
     DaemonUnreachable,
     RetryAttempt,
     TbftdClient,
 )
-from tests.running_daemon import Daemon, free_port
+from tests.running_daemon import Daemon, free_port, metered_daemon
 
 TOKEN = "test-token-5f1c"
 
@@ -26,15 +24,8 @@ TOKEN = "test-token-5f1c"
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon for the module, guarded by ``TOKEN``, metered by an emulated UM25C."""
-    meter = Emulator(model="um25c", profile=ConstantProfile(4.5))
-    meter.start()
-    running = Daemon(tmp_path_factory.mktemp("client") / "data", meter.port, "--api-token", TOKEN)
-    try:
+    with metered_daemon(tmp_path_factory.mktemp("client") / "data", 4.5, "--api-token", TOKEN) as running:
         yield running
-    finally:
-        status = running.stop()
-        meter.stop()
-        assert status == 0, running.stderr_path.read_text()[-2000:]
 
 
 @pytest.fixture

@@ -15,12 +15,10 @@ from datetime import UTC, datetime
 import pytest
 
 from drift.scenarios import shapes_scenario
-from energy.emulator import Emulator
-from energy.profiles import ConstantProfile
 from service.cli import main
 from service.client import TbftdClient
 from service.operator_commands import time_bound
-from tests.running_daemon import Daemon, free_port, tbftd_command
+from tests.running_daemon import Daemon, free_port, metered_daemon, tbftd_command
 
 WATTS = 4.5
 CONTEXT = "site-b"
@@ -29,16 +27,9 @@ CONTEXT = "site-b"
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon for the module: jobs start at 40 samples and train one epoch."""
-    meter = Emulator(model="um25c", profile=ConstantProfile(WATTS))
-    meter.start()
-    running = Daemon(tmp_path_factory.mktemp("operator") / "data", meter.port,
-                     "--min-samples", "40", "--epochs", "1")
-    try:
+    with metered_daemon(tmp_path_factory.mktemp("operator") / "data", WATTS,
+                        "--min-samples", "40", "--epochs", "1") as running:
         yield running
-    finally:
-        status = running.stop()
-        meter.stop()
-        assert status == 0, running.stderr_path.read_text()[-2000:]
 
 
 @pytest.fixture(scope="module")
