@@ -49,9 +49,12 @@ class FinetuneConfig:
     """Fine-tuning settings; the defaults are the paper's.
 
     ``lr`` None means 1e-3, or 1e-2 for ``fc`` (the classifier needs the larger step, as in the
-    paper). ``patience`` None disables early stopping. ``micro_batch_size`` splits each batch into
-    forward/backward passes of at most that many samples whose gradients are accumulated before
-    the step: the optimizer sees the same batch, peak activation memory shrinks in proportion;
+    paper). ``patience`` None disables early stopping. ``min_gain`` (a fraction of validation
+    accuracy; 0 disables) ends training, once ``min_epochs`` have run, after the first epoch that
+    raised validation accuracy by less than that: more epochs only while they still pay.
+    ``micro_batch_size`` splits each batch into forward/backward passes of at most that many
+    samples whose gradients are accumulated before the step: the optimizer sees the same batch,
+    peak activation memory shrinks in proportion;
     only BatchNorm layers in train mode see the smaller batches. ``cache_budget_bytes`` bounds the memory
     spent on cached prefix activations (training and validation together); ``cache_spill_dir``
     lets activations over the budget go to a temporary file there instead of being recomputed.
@@ -67,6 +70,8 @@ class FinetuneConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     patience: int | None = 5
+    min_gain: float = 0.0
+    min_epochs: int = 1
     bn_mode: BNMode = "adapt"
     seed: int = 0
     cache_budget_bytes: int = DEFAULT_CACHE_BUDGET_BYTES
@@ -85,6 +90,8 @@ class FinetuneConfig:
             raise ValueError("lr must be positive")
         if self.patience is not None and self.patience < 1:
             raise ValueError("patience must be at least 1 (or None to disable early stopping)")
+        if not 0.0 <= self.min_gain <= 1.0 or self.min_epochs < 1:
+            raise ValueError("min_gain must be a fraction in 0..1 and min_epochs at least 1")
         if self.bn_mode not in (*BN_MODES, "adapted"):
             raise ValueError(f"bn_mode must be one of {BN_MODES} (or 'adapted'), got {self.bn_mode!r}")
         if self.cache_budget_bytes < 0:
@@ -319,6 +326,7 @@ class _Run:
         model, config = self.model, self.config
         best_epoch = 0
         since_best = 0
+        previous_accuracy = best.accuracy
         for epoch in range(1, config.epochs + 1):
             self._set_train_modes()
             order = torch.randperm(len(self.train), generator=generator)
@@ -353,6 +361,8 @@ class _Run:
                 Progress("validate", epoch, config.epochs, batches, batches, self.train_losses[-1],
                          seen / max(time.perf_counter() - epoch_started, 1e-9), evaluation.loss, evaluation.accuracy)
             )
+            gain = evaluation.accuracy - previous_accuracy
+            previous_accuracy = evaluation.accuracy
             if evaluation.loss < best.loss:
                 best, best_epoch, since_best = evaluation, epoch, 0
                 self._best_state = copy.deepcopy(model.state_dict())
@@ -360,6 +370,8 @@ class _Run:
                 since_best += 1
                 if config.patience is not None and since_best >= config.patience:
                     break
+            if config.min_gain > 0 and epoch >= config.min_epochs and gain < config.min_gain:
+                break
         return best, best_epoch
 
     def _bn_subset(self) -> Samples:

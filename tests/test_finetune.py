@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from device.blocks import block_parameter_names, block_state_keys
-from device.finetune import FinetuneConfig, Progress, finetune
+from device.finetune import FinetuneConfig, FinetuneResult, Progress, finetune
 from device.inference import evaluate_batches
 from device.model import ResNet26
 from device.samples import Samples
@@ -191,6 +191,40 @@ def test_early_stopping_ends_when_validation_stops_improving(model: ResNet26) ->
     result = finetune(model, "fc", train, val, config)
     assert result.epochs_run < 10
     assert result.epochs_run - result.best_epoch == 2
+
+
+def test_min_gain_ends_training_once_an_epoch_adds_too_little_accuracy() -> None:
+    # A learnable task: plain training runs every epoch, with validation accuracy rising fast at
+    # first and then by less. A bar on the gain stops at the first epoch under it, not before
+    # min_epochs.
+    train, val = colour_samples(128, seed=1), colour_samples(64, seed=2)
+
+    def run(**settings: float) -> FinetuneResult:
+        torch.manual_seed(0)
+        config = FinetuneConfig(epochs=8, batch_size=32, patience=None, bn_mode="frozen", **settings)
+        return finetune(ResNet26(), "fc", train, val, config)
+
+    plain = run()
+    gains = [b - a for a, b in zip([plain.accuracy_before, *plain.val_accuracies], plain.val_accuracies, strict=False)]
+    bar = 0.05
+    first_small = next(i for i, g in enumerate(gains, start=1) if g < bar)
+    assert 1 < first_small < plain.epochs_run == 8
+    strict = run(min_gain=bar)
+    assert strict.epochs_run == first_small
+    # The same trajectory, as far as it went, and the weights kept are its lowest loss's.
+    assert strict.val_losses == pytest.approx(plain.val_losses[:first_small])
+    assert strict.loss_after == pytest.approx(min(strict.val_losses))
+    # min_epochs holds the bar off: a later small gain ends it.
+    later = run(min_gain=bar, min_epochs=first_small + 1)
+    expected = next(i for i, g in enumerate(gains, start=1) if g < bar and i >= first_small + 1)
+    assert later.epochs_run == expected
+
+
+def test_min_gain_must_be_a_fraction() -> None:
+    with pytest.raises(ValueError, match="min_gain"):
+        FinetuneConfig(min_gain=1.5)
+    with pytest.raises(ValueError, match="min_epochs"):
+        FinetuneConfig(min_epochs=0)
 
 
 def test_progress_reports_every_batch_and_epoch(model: ResNet26, train_samples: Samples, val_samples: Samples) -> None:

@@ -107,7 +107,10 @@ def test_rung_settings_adjust_the_jobs_configuration() -> None:
     job = FinetuneConfig(epochs=10, batch_size=128, micro_batch_size=16, bn_mode="frozen")
     defaults = AdaptConfig(finetune=job)
     assert all(defaults.finetune_for(s).batch_size == 16 for s in ("block1", "block2", "block3", "fc"))
-    assert defaults.finetune_for("block1").epochs < defaults.finetune_for("block3").epochs < job.epochs
+    block1 = defaults.finetune_for("block1")
+    assert block1.min_epochs < block1.epochs <= defaults.finetune_for("block3").epochs < job.epochs
+    assert block1.min_gain > 0 and defaults.finetune_for("block3").min_gain == 0
+    assert all(defaults.finetune_for(s).bn_samples == 128 for s in ("bn", "block1", "block3", "fc"))
     assert defaults.finetune_for("fc").epochs == job.epochs
     assert defaults.finetune_for("block1").bn_mode == "frozen" and defaults.finetune_for("block1").micro_batch_size == 16
     assert AdaptConfig(finetune=job, rung_settings=PAPER_RUNG_SETTINGS).finetune_for("block1") == job
