@@ -38,6 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # products use, starts a spinning thread per core; on a Pi's few cores they would fight the
     # trainer child. It reads this when numpy loads, so it is set before any command module.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # Torch's OpenMP threads busy-wait for each other by default, burning CPU time (and the energy
+    # this daemon accounts for) whenever another process holds a core: a 2-thread trainer ran 2.7×
+    # slower than a 1-thread one on a busy 2-core machine. Trainer children inherit this; the
+    # runtime reads it when it starts, so it is set before any command imports torch.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):

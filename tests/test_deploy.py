@@ -114,6 +114,7 @@ def test_the_service_unit_keeps_its_contract() -> None:
     assert "DynamicUser" not in service
     assert one("MemoryMax").endswith("%") and one("MemoryHigh").endswith("%")
     assert one("DevicePolicy") == "closed"
+    assert "OMP_WAIT_POLICY=PASSIVE" in service["Environment"]
     assert sorted(service["DeviceAllow"]) == ["char-rfcomm rw", "char-ttyACM rw", "char-ttyUSB rw"]
     modules = {"modprobe@usbserial.service", "modprobe@cdc_acm.service", "modprobe@rfcomm.service"}
     assert modules <= set(" ".join(deps["Wants"]).split()) and modules <= set(" ".join(deps["After"]).split())
