@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TextIO
 
 from service.cli import CLIError
+from service.progress_line import ProgressLine
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -52,7 +53,7 @@ def run_train_base(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
-    printer = _ProgressPrinter(sys.stderr)
+    printer = _ThrottledProgress(sys.stderr)
 
     def on_progress(progress: PretrainProgress) -> None:
         printer.update(f"epoch {progress.epoch}/{progress.epochs}  step {progress.step}/{progress.total_steps}  "
@@ -93,7 +94,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise CLIError(f"the model expects {model.config.input_shape} inputs; generated data is {scenario.train.x.shape[1:]}")
     print(f"{scenario.name}: {scenario.description}; fine-tuning {block} on {len(scenario.train)} samples")
     before = float((predict(model, scenario.test.x).classes == scenario.test.y).mean())
-    printer = _ProgressPrinter(sys.stderr)
+    printer = _ThrottledProgress(sys.stderr)
 
     def on_progress(progress: Progress) -> None:
         if progress.phase == "train":
@@ -117,34 +118,21 @@ def run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-class _ProgressPrinter:
-    """A one-line progress bar on a terminal; occasional plain lines otherwise (logs, pipes)."""
+class _ThrottledProgress:
+    """A :class:`ProgressLine` fed every step: redrawn on a terminal, a line per tenth elsewhere."""
 
     def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+        self.line = ProgressLine(stream)
         self.last_fraction = -1.0
-        self.active = False
 
     def update(self, text: str, done: int, total: int) -> None:
         fraction = done / total if total else 0.0
-        if self.tty:
-            filled = int(24 * fraction)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (24 - filled)}] {100 * fraction:3.0f}%  {text}\033[K")
-            self.stream.flush()
-            self.active = True
-        elif fraction - self.last_fraction >= 0.1 or done == total:
-            self.stream.write(f"{100 * fraction:3.0f}%  {text}\n")
+        if self.line.tty or fraction - self.last_fraction >= 0.1 or done == total:
+            self.line.draw(text, fraction)
             self.last_fraction = fraction
 
     def note(self, text: str) -> None:
-        if self.active:
-            self.stream.write("\r\033[K")
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        self.line.note(text)
 
     def finish(self) -> None:
-        if self.active:
-            self.stream.write("\n")
-            self.active = False
-        self.stream.flush()
+        self.line.finish()

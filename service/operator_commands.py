@@ -26,6 +26,7 @@ from service.client import (
     TbftdClient,
     TbftdError,
 )
+from service.progress_line import ProgressLine
 
 #: Environment variable naming the daemon's URL for the operator commands.
 URL_VARIABLE = "TBFTD_URL"
@@ -245,39 +246,27 @@ class JobProgressBar:
     """
 
     def __init__(self, stream: TextIO, label: str = "") -> None:
-        self.stream = stream
-        self.label = label
-        self.tty = stream.isatty()
+        self.line = ProgressLine(stream, label)
         self._last_line: tuple[Any, ...] | None = None
-        self._drawn = False
 
     def update(self, job: dict[str, Any]) -> None:
         """Show ``job`` (a dict as :meth:`TbftdClient.job` returns it)."""
         progress = job.get("progress") or {}
-        fraction = _progress_fraction(job["state"], progress)
         text = f"job {job['id']} {job.get('block') or ''} {job['state']}"
         if job["state"] == "running":
             text += f": {describe_progress(progress)}"
-        if self.tty:
-            filled = int(24 * fraction)
-            self.stream.write(f"\r{self.label}[{'#' * filled}{'.' * (24 - filled)}] {100 * fraction:3.0f}%  {text}\033[K")
-            self._drawn = True
-        else:
+        if not self.line.tty:
             # A line at each state change and validated epoch: enough for a log, not one a poll.
             phase = progress.get("phase")
             key = (job["state"], phase == "prepare", progress.get("epoch") if phase == "validate" else None)
             if key == self._last_line:
                 return
             self._last_line = key
-            self.stream.write(f"{self.label}{100 * fraction:3.0f}%  {text}\n")
-        self.stream.flush()
+        self.line.draw(text, _progress_fraction(job["state"], progress))
 
     def finish(self) -> None:
         """End the bar's line."""
-        if self._drawn:
-            self.stream.write("\n")
-            self._drawn = False
-        self.stream.flush()
+        self.line.finish()
 
 
 def describe_progress(progress: dict[str, Any] | None) -> str:
