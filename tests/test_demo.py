@@ -73,8 +73,15 @@ def test_the_demo_prints_a_row_per_drift_type_and_leaves_no_daemon(tmp_path: Pat
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_demo_stops_its_daemon_and_cleans_up(tmp_path: Path, stop_signal: signal.Signals) -> None:
-    process = subprocess.Popen([*tbftd_command(), "demo", *TINY, "--drift", "input"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=demo_environment(), cwd=tmp_path)
+    # A background job of a non-interactive shell (a CI script started with `&`) begins with SIGINT
+    # ignored, and children inherit that, so Python would install no Ctrl+C handler in the demo. A
+    # handler here is reset to the default action by exec, as in a terminal, where Ctrl+C comes from.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen([*tbftd_command(), "demo", *TINY, "--drift", "input"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=demo_environment(), cwd=tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         assert process.stdout is not None
         out = ""
