@@ -3,9 +3,12 @@ nothing listens on."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from service.client import (
     ClientError,
     DaemonUnreachable,
     RetryAttempt,
+    ServerError,
     TbftdClient,
 )
 from tests.running_daemon import Daemon, free_port, metered_daemon
@@ -165,3 +169,71 @@ def test_backoff_is_capped() -> None:
     with pytest.raises(DaemonUnreachable):
         client.models()
     assert max(a.delay_seconds for a in attempts) <= 0.05
+
+
+@pytest.fixture
+def scripted_proxy() -> Iterator[tuple[str, list[int], list[str]]]:
+    """A stand-in for a reverse proxy in front of the daemon: each request gets the next status of
+    a script (the test fills it; 200 once it runs out, with a JSON body). Yields the URL, the
+    script, and the paths requested, in order."""
+    script: list[int] = []
+    requested: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requested.append(self.path)
+            status = script.pop(0) if script else 200
+            body = json.dumps({"status": "ok"} if status == 200 else {"error": f"proxy says {status}"}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", script, requested
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_502_503_and_504_are_retried_until_the_daemon_answers(
+    scripted_proxy: tuple[str, list[int], list[str]],
+) -> None:
+    url, script, requested = scripted_proxy
+    script.extend([502, 503, 504])
+    attempts: list[RetryAttempt] = []
+    client = TbftdClient(url, retries=3, backoff_seconds=0.01, on_retry=attempts.append)
+    assert client.healthz() == {"status": "ok"}
+    assert requested == ["/healthz"] * 4
+    assert [(a.attempt, a.reason) for a in attempts] == [(1, "HTTP 502"), (2, "HTTP 503"), (3, "HTTP 504")]
+
+
+def test_a_proxy_error_that_outlasts_the_retries_raises_server_error(
+    scripted_proxy: tuple[str, list[int], list[str]],
+) -> None:
+    url, script, requested = scripted_proxy
+    script.extend([503] * 3)
+    client = TbftdClient(url, retries=2, backoff_seconds=0.01)
+    with pytest.raises(ServerError) as error:
+        client.healthz()
+    assert error.value.status == 503 and error.value.message == "proxy says 503"
+    assert len(requested) == 3  # the first try and two retries, then no more
+
+
+def test_other_5xx_answers_are_not_retried(scripted_proxy: tuple[str, list[int], list[str]]) -> None:
+    url, script, requested = scripted_proxy
+    script.extend([500, 507])
+    attempts: list[RetryAttempt] = []
+    client = TbftdClient(url, retries=3, backoff_seconds=0.01, on_retry=attempts.append)
+    for status in (500, 507):
+        with pytest.raises(ServerError) as error:
+            client.healthz()
+        assert error.value.status == status
+    assert len(requested) == 2 and attempts == []
