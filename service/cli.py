@@ -39,9 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # trainer child. It reads this when numpy loads, so it is set before any command module.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # Torch's OpenMP threads busy-wait for each other by default, burning CPU time (and the energy
-    # this daemon accounts for) whenever another process holds a core: a 2-thread trainer ran 2.7×
-    # slower than a 1-thread one on a busy 2-core machine. Trainer children inherit this; the
-    # runtime reads it when it starts, so it is set before any command imports torch.
+    # this daemon accounts for) whenever another process holds a core: on a busy 2-core machine a
+    # 2-thread trainer ran 2.7× slower than a 1-thread one (29 s against 11 s); waiting passively
+    # it ran as fast as 1 thread there, and uses both cores when the machine is free. Trainer
+    # children and the demo's daemon inherit this; the runtime reads it when it starts, so it is
+    # set before any command imports torch.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)

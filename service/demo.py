@@ -150,11 +150,6 @@ class DemoDaemon:
         # token, a host, a data directory) or a systemd unit's variables must not leak into it.
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("TBFTD_") and k not in ("STATE_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC")}
-        # Torch's OpenMP threads spin while they wait for each other: on a 2-core machine busy with
-        # other work, a 2-thread trainer then ran 2.7× slower than a 1-thread one (measured: 29 s
-        # against 11 s). Waiting passively it ran as fast as 1 thread there, and uses both cores
-        # when the machine is free.
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         command = [
             sys.executable, "-m", "service.cli", "serve",
             "--port", str(self.port), "--data-dir", str(self.directory / "data"),
