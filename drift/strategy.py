@@ -16,7 +16,7 @@ import copy
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from torch import Tensor
 
@@ -74,8 +74,10 @@ DEFAULT_RUNG_SETTINGS: dict[str, dict[str, float | int]] = {
     "block3": {"batch_size": 16, "epochs": 3, "bn_samples": 128},
     "fc": {"batch_size": 16, "bn_samples": 128},
 }
-#: ``FinetuneConfig`` fields that rung settings give as whole numbers.
-_INTEGER_SETTINGS = frozenset({"batch_size", "epochs", "min_epochs", "bn_samples", "micro_batch_size", "patience"})
+#: ``FinetuneConfig`` fields that take whole numbers (rung settings may give them as floats).
+_INTEGER_SETTINGS = frozenset(
+    name for name, hint in get_type_hints(FinetuneConfig).items() if hint is int or int in get_args(hint)
+)
 #: Every rung with the job's own settings (the paper's, by default): the baselines' settings.
 PAPER_RUNG_SETTINGS: dict[str, dict[str, float | int]] = {}
 #: Relabel gain (see :data:`drift.detect.RELABEL_GAIN`) from which a ladder for input or feature

@@ -114,6 +114,9 @@ def test_rung_settings_adjust_the_jobs_configuration() -> None:
     assert defaults.finetune_for("fc").epochs == job.epochs
     assert defaults.finetune_for("block1").bn_mode == "frozen" and defaults.finetune_for("block1").micro_batch_size == 16
     assert AdaptConfig(finetune=job, rung_settings=PAPER_RUNG_SETTINGS).finetune_for("block1") == job
+    # Whole-number fields given as floats (as a TOML or JSON source may) become ints.
+    floats = AdaptConfig(rung_settings={"block1": {"batch_size": 16.0, "seed": 3.0, "min_gain": 0.5}}).finetune_for("block1")
+    assert (floats.batch_size, floats.seed, floats.min_gain) == (16, 3, 0.5) and type(floats.seed) is int
     with pytest.raises(ValueError):
         AdaptConfig(rung_settings={"block1": {"learning_rate": 0.1}})
 
