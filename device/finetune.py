@@ -54,10 +54,10 @@ class FinetuneConfig:
     raised validation accuracy by less than that: more epochs only while they still pay.
     ``micro_batch_size`` splits each batch into forward/backward passes of at most that many
     samples whose gradients are accumulated before the step: the optimizer sees the same batch,
-    peak activation memory shrinks in proportion;
-    only BatchNorm layers in train mode see the smaller batches. ``cache_budget_bytes`` bounds the memory
-    spent on cached prefix activations (training and validation together); ``cache_spill_dir``
-    lets activations over the budget go to a temporary file there instead of being recomputed.
+    peak activation memory shrinks in proportion; only BatchNorm layers in train mode see the
+    smaller batches. ``cache_budget_bytes`` bounds the memory spent on cached prefix activations
+    (training and validation together); ``cache_spill_dir`` lets activations over the budget go to
+    a temporary file there instead of being recomputed.
     ``bn_samples`` bounds how many training samples (a seeded random subset) re-estimate BatchNorm
     statistics: the estimates settle long before a thousand samples, and every sample costs a
     full forward pass (None: all of them).
