@@ -52,6 +52,11 @@ class FinetuneConfig:
     paper). ``patience`` None disables early stopping. ``min_gain`` (a fraction of validation
     accuracy; 0 disables) ends training, once ``min_epochs`` have run, after the first epoch that
     raised validation accuracy by less than that: more epochs only while they still pay.
+    ``loss_tolerance`` (a fraction; 0 keeps the lowest) chooses the weights kept: those of the
+    latest epoch whose validation loss is within that fraction above the lowest seen. On a few
+    hundred validation samples a difference that small is noise, and the later weights have
+    learned from more passes over the data. Early stopping still counts epochs that set no new
+    lowest loss.
     ``micro_batch_size`` splits each batch into forward/backward passes of at most that many
     samples whose gradients are accumulated before the step: the optimizer sees the same batch,
     peak activation memory shrinks in proportion; only BatchNorm layers in train mode see the
@@ -72,6 +77,7 @@ class FinetuneConfig:
     patience: int | None = 5
     min_gain: float = 0.0
     min_epochs: int = 1
+    loss_tolerance: float = 0.0
     bn_mode: BNMode = "adapt"
     seed: int = 0
     cache_budget_bytes: int = DEFAULT_CACHE_BUDGET_BYTES
@@ -92,6 +98,8 @@ class FinetuneConfig:
             raise ValueError("patience must be at least 1 (or None to disable early stopping)")
         if not 0.0 <= self.min_gain <= 1.0 or self.min_epochs < 1:
             raise ValueError("min_gain must be a fraction in 0..1 and min_epochs at least 1")
+        if not 0.0 <= self.loss_tolerance <= 1.0:
+            raise ValueError("loss_tolerance must be a fraction in 0..1")
         if self.bn_mode not in (*BN_MODES, "adapted"):
             raise ValueError(f"bn_mode must be one of {BN_MODES} (or 'adapted'), got {self.bn_mode!r}")
         if self.cache_budget_bytes < 0:
@@ -160,6 +168,15 @@ class FinetuneResult:
             "cancelled": self.cancelled,
             "cache": self.cache,
         }
+
+
+def keeps_epoch(loss: float, lowest_loss: float, tolerance: float) -> bool:
+    """Whether an epoch's validation ``loss`` replaces the weights kept so far: it is below the
+    ``lowest_loss`` of the epochs before it, or within ``tolerance`` (a fraction) above it.
+
+    Applied epoch by epoch, the kept weights are those of the latest epoch within tolerance of the
+    lowest loss: a later epoch that sets a new lowest is later still."""
+    return loss < lowest_loss or (tolerance > 0 and loss <= lowest_loss * (1.0 + tolerance))
 
 
 #: Stands in for an evaluation that a cancelled job never reached.
@@ -326,6 +343,7 @@ class _Run:
         model, config = self.model, self.config
         best_epoch = 0
         since_best = 0
+        lowest_loss = best.loss
         previous_accuracy = best.accuracy
         for epoch in range(1, config.epochs + 1):
             self._set_train_modes()
@@ -363,9 +381,11 @@ class _Run:
             )
             gain = evaluation.accuracy - previous_accuracy
             previous_accuracy = evaluation.accuracy
-            if evaluation.loss < best.loss:
-                best, best_epoch, since_best = evaluation, epoch, 0
+            if keeps_epoch(evaluation.loss, lowest_loss, config.loss_tolerance):
+                best, best_epoch = evaluation, epoch
                 self._best_state = copy.deepcopy(model.state_dict())
+            if evaluation.loss < lowest_loss:
+                lowest_loss, since_best = evaluation.loss, 0
             else:
                 since_best += 1
                 if config.patience is not None and since_best >= config.patience:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from device.blocks import block_parameter_names, block_state_keys
-from device.finetune import FinetuneConfig, FinetuneResult, Progress, finetune
+from device.finetune import FinetuneConfig, FinetuneResult, Progress, finetune, keeps_epoch
 from device.inference import evaluate_batches
 from device.model import ResNet26
 from device.samples import Samples
@@ -225,6 +225,52 @@ def test_min_gain_must_be_a_fraction() -> None:
         FinetuneConfig(min_gain=1.5)
     with pytest.raises(ValueError, match="min_epochs"):
         FinetuneConfig(min_epochs=0)
+
+
+def test_keeps_epoch_prefers_a_later_epoch_within_the_tolerance() -> None:
+    assert keeps_epoch(0.9, lowest_loss=1.0, tolerance=0.0)
+    assert not keeps_epoch(1.0, lowest_loss=1.0, tolerance=0.0), "a tie is no improvement"
+    assert keeps_epoch(1.1, lowest_loss=1.0, tolerance=0.1)
+    assert not keeps_epoch(1.11, lowest_loss=1.0, tolerance=0.1)
+    assert not keeps_epoch(float("nan"), lowest_loss=1.0, tolerance=0.5)
+
+
+def test_loss_tolerance_keeps_the_latest_epoch_near_the_lowest_loss() -> None:
+    # Random labels at a small step: validation loss is lowest early and drifts up by a few
+    # percent after. A tolerance keeps the latest epoch within it of the lowest, over the same
+    # trajectory; early stopping would still count from the lowest.
+    train, val = random_samples(96, seed=1), random_samples(48, seed=2)
+
+    def run(tolerance: float) -> tuple[FinetuneResult, ResNet26]:
+        torch.manual_seed(0)
+        model = ResNet26()
+        config = FinetuneConfig(epochs=6, batch_size=32, patience=None, lr=0.05, loss_tolerance=tolerance)
+        return finetune(model, "fc", train, val, config), model
+
+    plain, _ = run(0.0)
+    losses = plain.val_losses
+    lowest = min(losses)
+    assert plain.best_epoch == losses.index(lowest) + 1
+    assert plain.best_epoch < plain.epochs_run, "the lowest loss came last: the test would prove nothing"
+    excess = sorted(loss / lowest - 1 for loss in losses[plain.best_epoch:])
+    kept_epochs = set()
+    for tolerance in (excess[0] / 2, excess[len(excess) // 2] + 1e-6, excess[-1] + 1e-6):
+        result, model = run(tolerance)
+        expected = max(i for i, loss in enumerate(losses, start=1) if loss <= lowest * (1 + tolerance))
+        assert result.val_losses == pytest.approx(losses)
+        assert result.best_epoch == expected, f"tolerance {tolerance:.4f}"
+        assert result.loss_after == pytest.approx(losses[expected - 1])
+        model.eval()
+        assert evaluate_batches(model, val.images, val.y, 64).loss == pytest.approx(result.loss_after, rel=1e-5)
+        kept_epochs.add(result.best_epoch)
+    assert plain.best_epoch in kept_epochs and len(kept_epochs) > 1
+
+
+def test_loss_tolerance_must_be_a_fraction() -> None:
+    with pytest.raises(ValueError, match="loss_tolerance"):
+        FinetuneConfig(loss_tolerance=-0.1)
+    with pytest.raises(ValueError, match="loss_tolerance"):
+        FinetuneConfig(loss_tolerance=2.0)
 
 
 def test_progress_reports_every_batch_and_epoch(model: ResNet26, train_samples: Samples, val_samples: Samples) -> None:

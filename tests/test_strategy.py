@@ -110,6 +110,8 @@ def test_rung_settings_adjust_the_jobs_configuration() -> None:
     block1 = defaults.finetune_for("block1")
     assert block1.min_epochs < block1.epochs <= defaults.finetune_for("block3").epochs < job.epochs
     assert block1.min_gain > 0 and defaults.finetune_for("block3").min_gain == 0
+    # block1's short rung keeps its last epoch unless validation loss says clearly otherwise.
+    assert 0 < block1.loss_tolerance < 0.5 and job.loss_tolerance == 0
     assert all(defaults.finetune_for(s).bn_samples == 128 for s in ("bn", "block1", "block3", "fc"))
     assert defaults.finetune_for("fc").epochs == job.epochs
     assert defaults.finetune_for("block1").bn_mode == "frozen" and defaults.finetune_for("block1").micro_batch_size == 16
