@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import Tensor, nn
@@ -74,7 +74,7 @@ class RunningStatisticsTracker:
         self.layers = list(layers)
         self._handles: list[Any] = []
 
-    def __enter__(self) -> RunningStatisticsTracker:
+    def __enter__(self) -> Self:
         self._handles = [layer.register_forward_pre_hook(self._update) for layer in self.layers]
         return self
 

@@ -12,6 +12,7 @@ Real-data scenarios (:func:`array_scenario`) apply the input and output shifts t
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -114,7 +115,7 @@ def array_scenario(
         description = f"labels remapped ({label_map.name})"
     else:
         raise ValueError("feature drift needs data with a sub-population structure; use shapes_scenario")
-    n_val = int(round(len(held_out) * val_fraction))
+    n_val = round(len(held_out) * val_fraction)
     return DriftScenario(
         f"{name}/{kind.value}",
         kind,
@@ -127,4 +128,4 @@ def array_scenario(
 
 def _split(x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> list[Split]:
     bounds = np.cumsum([0, *sizes])
-    return [Split(x[a:b], y[a:b].astype(np.int64)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [Split(x[a:b], y[a:b].astype(np.int64)) for a, b in itertools.pairwise(bounds)]

@@ -12,6 +12,7 @@ indices first. Everything here is deterministic: a seed fixes every random choic
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -147,4 +148,4 @@ def partition(indices: np.ndarray, sizes: Sequence[int], seed: int) -> list[np.n
         raise ValueError(f"sizes {list(sizes)} do not fit in {len(indices)} samples")
     shuffled = np.random.default_rng(seed).permutation(indices)
     bounds = np.cumsum([0, *sizes])
-    return [shuffled[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [shuffled[a:b] for a, b in itertools.pairwise(bounds)]
