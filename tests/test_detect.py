@@ -16,6 +16,7 @@ from drift import labels, shapes
 from drift.corruptions import corrupt
 from drift.detect import (
     Detection,
+    OBSERVE_FORWARDS,
     DetectorConfig,
     decide,
     detect,
@@ -95,7 +96,7 @@ def test_detects_each_kind_of_drift(detected: dict[str, Detection], name: str) -
 def test_no_drift_spends_only_the_observing_pass(detected: dict[str, Detection]) -> None:
     detection = detected["none"]
     assert not detection.probe_used and "statistics_probe" not in detection.evidence
-    assert detection.forward_passes == detection.evidence["samples"]
+    assert detection.forward_passes == round(detection.evidence["samples"] * OBSERVE_FORWARDS)
 
 
 def test_evidence_says_where_the_change_starts(detected: dict[str, Detection], shipped: tuple[ResNet26, SourceStatistics]) -> None:
@@ -139,14 +140,25 @@ def test_detection_leaves_the_model_alone(shipped: tuple[ResNet26, SourceStatist
     model = copy.deepcopy(model)
     model.train()
     before = copy.deepcopy(model.state_dict())
-    samples = _feature(13, n=96)
+    samples = _feature(13, n=128)
     detection = detect(model, samples, source, DetectorConfig(statistics_probe="always"))
     assert "statistics_probe" in detection.evidence
     assert model.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    # Fewer samples, a smaller observing pass: the cost bound holds whatever the buffer holds.
-    assert detection.evidence["samples"] < 96
-    assert detection.forward_passes <= 0.05 * full_finetune_forward_passes(96)
+    # Fewer samples, a smaller observing pass and a smaller probe: the cost bound holds.
+    assert detection.evidence["samples"] < 128
+    assert 0 < detection.evidence["statistics_probe"]["fit_samples"] < detection.evidence["samples"] // 2
+    assert detection.forward_passes <= 0.05 * full_finetune_forward_passes(128)
+
+
+def test_a_buffer_too_small_for_the_statistics_probe_skips_it_within_the_bound(
+    shipped: tuple[ResNet26, SourceStatistics],
+) -> None:
+    model, source = shipped
+    detection = detect(model, _feature(13, n=64), source, DetectorConfig(statistics_probe="always"))
+    assert "statistics_probe" not in detection.evidence
+    assert "fewer than" in detection.evidence["statistics_probe_skipped"]
+    assert detection.forward_passes <= 0.05 * full_finetune_forward_passes(64)
 
 
 def test_training_probe_prefers_the_classifier_for_relabelled_outputs(shipped: tuple[ResNet26, SourceStatistics]) -> None:
