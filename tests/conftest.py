@@ -9,8 +9,10 @@ import torch
 
 from device.model import ModelConfig, ResNet26
 from device.samples import Samples
+from energy.clock import ScaledClock
 from energy.emulator import Emulator
 from energy.profiles import ConstantProfile
+from tests.energy_helpers import TIME_SCALE
 from tests.factories import colour_samples
 
 
@@ -28,6 +30,12 @@ def train_samples() -> Samples:
 @pytest.fixture
 def val_samples() -> Samples:
     return colour_samples(48, seed=2)
+
+
+@pytest.fixture
+def clock() -> ScaledClock:
+    """A fresh accelerated clock (``TIME_SCALE`` emulated seconds per real one)."""
+    return ScaledClock(TIME_SCALE)
 
 
 @pytest.fixture

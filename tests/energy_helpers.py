@@ -1,6 +1,8 @@
 """Shared pieces for the energy tests: an accelerated clock, a fixed estimator, a leak check.
 
-Import the fixture into a test module to use it: ``from tests.energy_helpers import no_leaked_threads``.
+Import the leak check into a test module to use it there: ``from tests.energy_helpers import
+no_leaked_threads`` (it is autouse, so it guards every test of that module and no other). The
+accelerated ``clock`` fixture is in ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -44,12 +46,6 @@ def no_leaked_threads() -> Iterator[None]:
             return
         time.sleep(0.02)
     pytest.fail(f"threads left running: {alive}")
-
-
-@pytest.fixture
-def clock() -> ScaledClock:
-    """A fresh accelerated clock."""
-    return ScaledClock(TIME_SCALE)
 
 
 # Offsets from shared/notes/power-meters.md, written out here independently of energy.um's layout.

@@ -15,8 +15,8 @@ from device.shipped import load_shipped_base_model
 from drift import labels, shapes
 from drift.corruptions import corrupt
 from drift.detect import (
-    Detection,
     OBSERVE_FORWARDS,
+    Detection,
     DetectorConfig,
     decide,
     detect,

@@ -13,7 +13,7 @@ from energy.emulator import Emulator, LineEmulator
 from energy.estimator import Estimator
 from energy.line_meter import LineFormat, LineMeter
 from energy.um import UMMeter
-from tests.energy_helpers import clock, fixed_estimator, no_leaked_threads  # noqa: F401
+from tests.energy_helpers import fixed_estimator, no_leaked_threads  # noqa: F401
 
 CSV = LineFormat(columns=("volts", "amps"))
 

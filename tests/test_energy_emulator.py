@@ -17,7 +17,7 @@ from energy.profiles import (
     parse_profile,
 )
 from energy.um import UM34C_CHECKSUM_POSITIONS, decode_frame, encode_frame, um34c_checksum
-from tests.energy_helpers import clock, no_leaked_threads  # noqa: F401
+from tests.energy_helpers import no_leaked_threads  # noqa: F401
 
 
 def test_step_profile_levels_and_exact_joules() -> None:

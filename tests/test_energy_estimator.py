@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from energy.estimator import GENERIC, PI4B, PI5, PI3BPLUS, CpuLoad, Estimator, detect_power_model
+from energy.estimator import GENERIC, PI3BPLUS, PI4B, PI5, CpuLoad, Estimator, detect_power_model
 
 BOARDS = [
     # device-tree model (NUL-terminated, as the kernel writes it), board, watts at 0 / 50 / 100 %

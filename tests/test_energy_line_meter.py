@@ -9,7 +9,7 @@ from energy.emulator import LineEmulator
 from energy.line_meter import LineFormat, LineMeter, looks_like_readings
 from energy.meter import MeterTimeout
 from energy.profiles import ConstantProfile
-from tests.energy_helpers import clock, no_leaked_threads  # noqa: F401
+from tests.energy_helpers import no_leaked_threads  # noqa: F401
 
 CSV = LineFormat(columns=("volts", "amps", "watts"), separator=",")
 MILLI_KEYED = LineFormat(columns=("millivolts", "milliamps"), separator=";", keys=("mV", "mA"))

@@ -22,7 +22,6 @@ from energy.window import (
 )
 from tests.energy_helpers import (  # noqa: F401
     TIMING_SLACK_SECONDS,
-    clock,
     fixed_estimator,
     no_leaked_threads,
 )
