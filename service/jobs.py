@@ -380,8 +380,12 @@ class JobManager:
                     outcome, payload = "cancelled", "the trainer was terminated: the daemon was told twice to stop"
                     break
                 if stop_sent_at is not None and time.monotonic() - stop_sent_at > self.settings.trainer_grace_seconds:
+                    # Only a cancel or the daemon's stop sets the event: the job ends as asked, and
+                    # the record says how (a trainer starved of CPU may not even have looked yet).
                     _terminate(process)
-                    outcome, payload = "error", "the trainer did not stop in time and was killed"
+                    outcome = "cancelled"
+                    payload = (f"the trainer did not stop within {self.settings.trainer_grace_seconds:g} s "
+                               "of being told to and was terminated")
                     break
                 if not process.is_alive():
                     payload = f"the trainer exited with code {process.exitcode} without a result"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import multiprocessing
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,6 +250,28 @@ def test_explicit_jobs_cancellation_and_conflicts(client: TestClient) -> None:
     assert client.get("/v1/models").json()["active"] == 1
     assert client.delete(f"/v1/jobs/{job['id']}").status_code == 409
     assert client.get("/v1/jobs/999").status_code == 404
+
+
+def test_a_cancelled_trainer_that_does_not_stop_in_time_is_terminated_and_the_job_cancelled(
+    tmp_path: Path, base_model_path: Path
+) -> None:
+    # No grace at all: the trainer is still starting (importing torch) when it is terminated.
+    settings = make_settings(tmp_path, base_model_path, trainer_grace_seconds=0)
+    with TestClient(create_app(settings)) as client:
+        post_colour_samples(client, 100, 1)
+        job = client.post("/v1/jobs", json={"context": "cam-1", "block": "full"}).json()
+        deadline = time.monotonic() + 60
+        while client.get(f"/v1/jobs/{job['id']}").json()["state"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.delete(f"/v1/jobs/{job['id']}").json()["cancel_requested"] is True
+        done = wait_for_job(client, job["id"])
+        assert done["state"] == "cancelled", done
+        assert "did not stop within 0 s" in done["error"] and "terminated" in done["error"]
+        assert done["model_version_out"] is None and client.get("/v1/models").json()["active"] == 1
+        assert not [p for p in multiprocessing.active_children() if p.name.startswith("tbftd-trainer")]
+        # The daemon goes on: the next job runs to the end.
+        again = client.post("/v1/jobs", json={"context": "cam-1", "block": "fc"}).json()
+        assert wait_for_job(client, again["id"])["state"] == "succeeded"
 
 
 def test_predict_and_rollback(client: TestClient) -> None:
