@@ -703,7 +703,7 @@ def format_table(results: dict[str, Any], checked: list[Check]) -> str:
     for run in results.get("ingest", []):
         rows.append((f"ingest {run['form']} ({BATCH_SAMPLES}/batch, {run['batches']} batches)",
                      f"{run['samples_per_second']:,.0f} samples/s", "", ""))
-        rows.append((f"  request p50 / p99", f"{run['request_p50_ms']:.1f} / {run['request_p99_ms']:.1f} ms", "", ""))
+        rows.append(("  request p50 / p99", f"{run['request_p50_ms']:.1f} / {run['request_p99_ms']:.1f} ms", "", ""))
     for run in results.get("latency", []):
         rows.append((f"predict 1 sample, {run['condition']} ({run['requests']} requests)",
                      f"p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms", "", ""))

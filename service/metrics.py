@@ -7,6 +7,7 @@ states and blocks, never job ids).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -48,7 +49,7 @@ def _escape_label(text: str) -> str:
 
 
 def _format_value(value: float) -> str:
-    if value != value:
+    if math.isnan(value):
         return "NaN"
     if value in (float("inf"), float("-inf")):
         return "+Inf" if value > 0 else "-Inf"

@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import ipaddress
 import json
+import math
 import os
 import textwrap
 import tomllib
@@ -476,7 +477,7 @@ def _parse_float(text: str, source: str) -> float:
         value = float(text.strip())
     except ValueError:
         raise SettingsError(f"{source}: expected a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise SettingsError(f"{source}: expected a finite number, got {text!r}")
     return value
 

@@ -977,7 +977,7 @@ class Store:
             (
                 old.context, old.block, old.drift_type, now, now, old.min_samples,
                 _json(old.params), old.id,
-            ),  # fmt: skip
+            ),
         )
         return _get_job(db, int(cursor.lastrowid or 0))
 

@@ -86,7 +86,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
         if len(members) < 2:
             train.extend(members.tolist())
             continue
-        n_val = min(len(members) - 1, max(1, int(round(len(members) * val_fraction))))
+        n_val = min(len(members) - 1, max(1, round(len(members) * val_fraction)))
         val.extend(members[:n_val].tolist())
         train.extend(members[n_val:].tolist())
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))

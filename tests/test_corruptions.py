@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import drift.corruptions as corruptions
+from drift import corruptions
 from drift.corruptions import CORRUPTIONS, corrupt, corruption_names, pil_box_resize, plasma_fractal
 
 RANDOM = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "fog")

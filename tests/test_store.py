@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -499,7 +499,7 @@ def test_energy_log_filters_and_power_trace(open_store: Callable[..., Store]) ->
     assert [e.job_id for e in store.energy_log(block="block1")] == [jobs[0].id, jobs[2].id]
     assert [e.job_id for e in store.energy_log(drift_type="output")] == [jobs[1].id]
     assert [e.job_id for e in store.energy_log(since=1_700_000_100.0)] == [jobs[1].id, jobs[2].id]
-    until = datetime.fromtimestamp(1_700_000_100.0, tz=timezone.utc)
+    until = datetime.fromtimestamp(1_700_000_100.0, tz=UTC)
     assert [e.job_id for e in store.energy_log(until=until)] == [jobs[0].id]
     assert store.energy_log(context="kitchen", block="block1", since=1_700_000_050.0) == []
 
