@@ -62,6 +62,22 @@ def test_adapted_mode_keeps_the_prefix_statistics_and_follows_the_target_behind_
         FinetuneConfig(bn_mode="sideways")  # type: ignore[arg-type]
 
 
+def test_held_suffix_statistics_stay_put_while_the_block_learns(
+    model: ResNet26, train_samples: Samples, val_samples: Samples
+) -> None:
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = FinetuneConfig(bn_mode="adapted", track_suffix_statistics=False, lr=0.05, **QUICK)
+    result = finetune(model, "block2", train_samples, val_samples, config)
+    after = model.state_dict()
+    assert result.best_epoch > 0, "the job must keep trained weights for this check to mean anything"
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # Only the block moves: its weights, and its own BatchNorm statistics (train mode).
+    assert changed and all(k.startswith("layer2.") for k in changed)
+    assert "layer2.0.bn1.running_mean" in changed
+    assert torch.equal(before["layer3.0.bn1.running_mean"], after["layer3.0.bn1.running_mean"])
+    assert torch.equal(before["bn.running_var"], after["bn.running_var"])
+
+
 def test_a_given_evaluation_before_is_not_repeated(
     model: ResNet26, train_samples: Samples, val_samples: Samples, monkeypatch: pytest.MonkeyPatch
 ) -> None:

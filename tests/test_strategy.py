@@ -113,6 +113,9 @@ def test_rung_settings_adjust_the_jobs_configuration() -> None:
     # block1's short rung keeps its last epoch unless validation loss says clearly otherwise.
     assert 0 < block1.loss_tolerance < 0.5 and job.loss_tolerance == 0
     assert all(defaults.finetune_for(s).bn_samples == 128 for s in ("bn", "block1", "block3", "fc"))
+    # The early blocks' short rungs hold the statistics behind them; a job's own settings track them.
+    assert not block1.track_suffix_statistics and not defaults.finetune_for("block2").track_suffix_statistics
+    assert job.track_suffix_statistics
     assert defaults.finetune_for("fc").epochs == job.epochs
     assert defaults.finetune_for("block1").bn_mode == "frozen" and defaults.finetune_for("block1").micro_batch_size == 16
     assert AdaptConfig(finetune=job, rung_settings=PAPER_RUNG_SETTINGS).finetune_for("block1") == job
