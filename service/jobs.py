@@ -28,7 +28,7 @@ from energy.window import EnergyWindow
 from service.model_registry import ModelRegistry
 from service.settings import Settings
 from service.store import Hint, Job, Store
-from service.trainer import AUTO, TrainerTask, trainer_main
+from service.trainer import AUTO, LiveJoules, TrainerTask, trainer_main
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ class JobManager:
         context = multiprocessing.get_context("spawn")
         events = context.Queue()
         stop = context.Event()
-        joules = context.Value("d", 0.0, lock=False)  # one writer (this thread), one reader
+        joules = LiveJoules.create(context)
         self._running_job, self._running_stop = job_id, stop
         if job_id in self._cancel_requested or self._closing.is_set():
             stop.set()
@@ -369,7 +369,9 @@ class JobManager:
         stop_sent_at: float | None = None
         steps: list[dict[str, Any]] = []
         while True:
-            joules.value = window.joules_so_far()
+            latest = window.latest_sample
+            watts = latest.watts if latest is not None else 0.0
+            joules.publish(window.joules_so_far(), watts / window.clock.to_real(1.0))
             try:
                 kind, data = events.get(timeout=0.25)
             except queue.Empty:

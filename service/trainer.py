@@ -9,8 +9,8 @@ tuples: ``("progress", dict)`` at most a few times a second, ``("step", dict)`` 
 
 An ``auto`` job (``block == "auto"``) detects the drift type from its training samples
 (:func:`drift.detect.detect`) and climbs that type's ladder of strategies, cheapest first
-(:func:`drift.strategy.adapt`); the parent feeds the joules used so far through a shared value so
-the child can keep within the job's energy budget.
+(:func:`drift.strategy.adapt`); the parent feeds the joules used so far through :class:`LiveJoules`
+so the child can keep within the job's energy budget and say what each strategy cost.
 """
 
 from __future__ import annotations
@@ -68,10 +68,47 @@ class StopFlag(Protocol):
     def is_set(self) -> bool: ...
 
 
-class SharedJoules(Protocol):
-    """The parent's running energy figure for this job (a ``multiprocessing.Value('d')``)."""
+class SharedDoubles(Protocol):
+    """A lock-guarded shared array of floats (``multiprocessing.Array('d', n)``)."""
 
-    value: float
+    def get_lock(self) -> Any: ...
+
+    def __getitem__(self, index: slice) -> list[float]: ...
+
+    def __setitem__(self, index: slice, values: list[float]) -> None: ...
+
+
+class LiveJoules:
+    """The job's running energy, written by the parent and read by the trainer.
+
+    The parent publishes the joules so far, the rate they grow at (joules per real second: the
+    latest watts, scaled when the meter runs on an accelerated clock) and when it published
+    (``time.monotonic``, one clock for every process on the machine). It publishes a few times a
+    second; the trainer extrapolates at the rate to its own now, so a stretch shorter than the
+    parent's cadence (a detection over a few dozen samples) still gets its share of the energy
+    rather than 0 J between two identical reads.
+    """
+
+    def __init__(self, shared: SharedDoubles) -> None:
+        self._shared = shared
+
+    @classmethod
+    def create(cls, context: Any) -> LiveJoules:
+        """A new figure at 0 J, shareable with a child of ``context`` (a multiprocessing context)."""
+        return cls(context.Array("d", 3))
+
+    def publish(self, joules: float, joules_per_second: float, at_seconds: float | None = None) -> None:
+        """Record ``joules`` so far, growing at ``joules_per_second`` from ``at_seconds`` (default now)."""
+        at = time.monotonic() if at_seconds is None else at_seconds
+        with self._shared.get_lock():  # the three values belong together
+            self._shared[:] = [float(joules), max(0.0, float(joules_per_second)), at]
+
+    def joules_now(self, now_seconds: float | None = None) -> float:
+        """The joules used up to ``now_seconds`` (default now): the last figure plus its rate since."""
+        with self._shared.get_lock():
+            joules, rate, at = self._shared[:]
+        now = time.monotonic() if now_seconds is None else now_seconds
+        return joules + rate * max(0.0, now - at)
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +129,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
 
 
-def trainer_main(task: TrainerTask, events: EventSink, stop: StopFlag, joules: SharedJoules | None = None) -> None:
+def trainer_main(task: TrainerTask, events: EventSink, stop: StopFlag, joules: LiveJoules | None = None) -> None:
     """Child process entry point."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tune_allocator()  # before torch allocates: training memory then goes back when freed
@@ -103,7 +140,7 @@ def trainer_main(task: TrainerTask, events: EventSink, stop: StopFlag, joules: S
     except OSError:
         pass  # not permitted here; training still works, only less politely
     try:
-        energy_used = (lambda: float(joules.value)) if joules is not None else None
+        energy_used = joules.joules_now if joules is not None else None
         events.put(("result", run_task(task, events.put, stop.is_set, energy_used)))
     except Exception as exc:  # reported to the parent, which records the job as failed
         events.put(("error", f"{type(exc).__name__}: {exc}"))

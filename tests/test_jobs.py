@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import multiprocessing
+from typing import Any
+
 import numpy as np
 import pytest
 
 from service.jobs import promotion_decision
-from service.trainer import stratified_split
+from service.trainer import LiveJoules, stratified_split
 
 
 @pytest.mark.parametrize(
@@ -36,3 +39,34 @@ def test_stratified_split_keeps_every_class_on_both_sides_and_is_seeded() -> Non
     assert not np.array_equal(stratified_split(labels, 0.2, seed=1)[1], val)
     with pytest.raises(ValueError, match="val_fraction"):
         stratified_split(labels, 1.0, seed=0)
+
+
+def test_live_joules_grow_at_the_published_rate_between_publications() -> None:
+    live = LiveJoules.create(multiprocessing.get_context("spawn"))
+    assert live.joules_now() == 0.0  # nothing published: nothing used
+    live.publish(10.0, 2.0, at_seconds=100.0)
+    # A stretch shorter than the parent's cadence still costs energy: 0.05 s at 2 J/s.
+    assert live.joules_now(100.05) - live.joules_now(100.0) == pytest.approx(0.1)
+    assert live.joules_now(101.5) == pytest.approx(13.0)
+    assert live.joules_now(99.0) == 10.0  # never extrapolated backwards
+    live.publish(12.0, -1.0, at_seconds=101.0)
+    assert live.joules_now(102.0) == 12.0  # a negative rate is read as none
+
+
+def _read_live_joules(live: LiveJoules, published: Any, now_seconds: float, results: Any) -> None:
+    published.wait(60)
+    results.put(live.joules_now(now_seconds))
+
+
+def test_a_spawned_trainer_reads_what_the_parent_publishes_after_it_started() -> None:
+    context = multiprocessing.get_context("spawn")
+    live, published, results = LiveJoules.create(context), context.Event(), context.Queue()
+    child = context.Process(target=_read_live_joules, args=(live, published, 50.5, results))
+    child.start()
+    try:
+        live.publish(5.0, 4.0, at_seconds=50.0)  # after the spawn: only shared memory carries it
+        published.set()
+        assert results.get(timeout=60) == pytest.approx(7.0)
+    finally:
+        child.join(timeout=60)
+    assert child.exitcode == 0
