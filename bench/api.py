@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -307,7 +307,7 @@ class MemorySampler:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self.error: str | None = None
 
-    def __enter__(self) -> MemorySampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -806,8 +806,9 @@ def main(argv: list[str] | None = None) -> int:
     if "exit_code" in daemon:
         ready = daemon.get("seconds_to_ready")
         stopped = daemon.get("stop_seconds")
-        print(f"daemon: {'ready in %.1f s' % ready if ready is not None else 'never ready'}, "
-              f"{'stopped in %.1f s' % stopped if stopped is not None else 'stopped'} with exit status "
+        ready_text = f"ready in {ready:.1f} s" if ready is not None else "never ready"
+        stopped_text = f"stopped in {stopped:.1f} s" if stopped is not None else "stopped"
+        print(f"daemon: {ready_text}, {stopped_text} with exit status "
               f"{daemon['exit_code']}{' after SIGKILL' if daemon.get('killed') else ''}")
     print(format_table(results, checked))
     out = args.json or Path(__file__).resolve().parent / "results" / f"api-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -171,7 +171,7 @@ class CpuLoadProfile:
         load = min(1.0, max(0.0, self._load_fraction()))
         return self.idle_watts + self.watts_per_load * load
 
-    def joules(self, start_seconds: float, stop_seconds: float) -> None:
+    def joules(self, start_seconds: float, stop_seconds: float) -> float | None:
         """None: the load cannot be replayed."""
         return None
 

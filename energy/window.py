@@ -17,6 +17,7 @@ Usage::
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
@@ -109,7 +110,7 @@ def integrate(points: Sequence[TracePoint], start: float, stop: float) -> Integr
         if tail.seconds < stop:
             span = stop - max(tail.seconds, start)
             add(tail.source, tail.source, span, tail.watts * span)
-        for a, b in zip(points, points[1:], strict=False):
+        for a, b in itertools.pairwise(points):
             low, high = max(a.seconds, start), min(b.seconds, stop)
             if high <= low:
                 continue
@@ -123,7 +124,7 @@ def watts_at(points: Sequence[TracePoint], t: float) -> float:
     """The power the integral assumes at ``t``: linear between readings, held outside them."""
     if t <= points[0].seconds:
         return points[0].watts
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         if a.seconds <= t <= b.seconds:
             return _watts_at((a.seconds, a.watts), (b.seconds, b.watts), t)
     return points[-1].watts
@@ -169,7 +170,7 @@ def counter_check(samples: Sequence[MeterSample], origin: float = 0.0) -> Counte
         return None
     total = 0
     events: list[str] = []
-    for a, b in zip(counted, counted[1:], strict=False):
+    for a, b in itertools.pairwise(counted):
         assert a.counter_milliwatt_hours is not None and b.counter_milliwatt_hours is not None
         at = b.seconds - origin
         if a.counter_group != b.counter_group:
@@ -421,8 +422,7 @@ class EnergyWindow:
             self._sample_once()
             due += self.interval_seconds
             now = self.clock.now()
-            if due < now:
-                due = now  # fell behind (a slow read, a busy machine): no burst to catch up
+            due = max(due, now)  # fell behind (a slow read, a busy machine): no burst to catch up
             if self.clock.wait(self._stop_event, due - now):
                 break
 

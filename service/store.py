@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from queue import SimpleQueue
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 import numpy as np
 from sqlite_utils import Database
@@ -419,7 +419,7 @@ class Store:
         for db in readers:
             db.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -133,7 +133,7 @@ checkpoint.save_checkpoint(sys.argv[1], ResNet26(ModelConfig(num_classes=4)))
 
 def test_a_crash_mid_write_leaves_the_old_file_and_a_removable_partial(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path / "m.pt", ResNet26(ModelConfig(num_classes=3)))
-    child = subprocess.run([sys.executable, "-c", CRASH_MID_WRITE, str(path)], timeout=120)
+    child = subprocess.run([sys.executable, "-c", CRASH_MID_WRITE, str(path)], check=False, timeout=120)
     assert child.returncode == 17
     partials = list(tmp_path.glob(PARTIAL_PREFIX + "*"))
     assert len(partials) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -77,7 +79,7 @@ def test_deterministic_corruptions_ignore_the_seed(name: str) -> None:
 def test_distance_from_clean_grows_with_severity(name: str) -> None:
     clean = IMAGES.astype(np.int64)
     distances = [np.abs(corrupt(IMAGES, name, s, seed=1) - clean).mean() for s in range(1, 6)]
-    assert all(a < b for a, b in zip(distances, distances[1:])), distances
+    assert all(a < b for a, b in itertools.pairwise(distances)), distances
 
 
 def test_chunking_keeps_results_and_determinism(monkeypatch: pytest.MonkeyPatch) -> None:

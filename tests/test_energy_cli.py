@@ -32,7 +32,7 @@ def test_probe_a_port(emulator: Emulator, capsys: pytest.CaptureFixture[str]) ->
 def test_probe_with_nothing_connected(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    monkeypatch.setattr("service.meter_commands.candidate_ports", lambda: [])
+    monkeypatch.setattr("service.meter_commands.candidate_ports", list)
     assert main(["meter", "probe"]) == 1
     out = capsys.readouterr().out
     assert "no serial ports found" in out and "estimated: estimate:" in out

@@ -21,24 +21,24 @@ from energy.um import (
 )
 from tests.energy_helpers import pack_frame
 
-FULL = dict(
-    celsius=31,
-    fahrenheit=88,
-    group=3,
-    groups={0: (12, 61), 3: (1234, 6543), 9: (4_000_000_000, 4_294_967_295)},
-    dplus_raw=60,
-    dminus_raw=59,
-    charging_mode=7,
-    record_mah=77,
-    record_mwh=390,
-    threshold_raw=15,
-    record_seconds=86_400,
-    recording=1,
-    screen_timeout=2,
-    brightness=4,
-    load_raw=51_234,
-    screen=5,
-)
+FULL = {
+    "celsius": 31,
+    "fahrenheit": 88,
+    "group": 3,
+    "groups": {0: (12, 61), 3: (1234, 6543), 9: (4_000_000_000, 4_294_967_295)},
+    "dplus_raw": 60,
+    "dminus_raw": 59,
+    "charging_mode": 7,
+    "record_mah": 77,
+    "record_mwh": 390,
+    "threshold_raw": 15,
+    "record_seconds": 86_400,
+    "recording": 1,
+    "screen_timeout": 2,
+    "brightness": 4,
+    "load_raw": 51_234,
+    "screen": 5,
+}
 
 
 def _check_common(frame: UMFrame) -> None:

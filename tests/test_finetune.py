@@ -12,7 +12,7 @@ from device.model import ResNet26
 from device.samples import Samples
 from tests.factories import colour_samples, random_samples
 
-QUICK = dict(epochs=2, batch_size=32, patience=None)
+QUICK = {"epochs": 2, "batch_size": 32, "patience": None}
 
 
 def clone(model: ResNet26) -> ResNet26:

@@ -259,7 +259,7 @@ def test_watchdog_pings_stop_while_the_event_loop_is_blocked(short_dir: Path) ->
             task = asyncio.create_task(watchdog_pings(notifier))
             await asyncio.sleep(1.0)
             before = _drain(sock)
-            time.sleep(1.5)  # the loop is blocked: fifteen intervals without a chance to ping
+            time.sleep(1.5)  # noqa: ASYNC251 - on purpose: the loop is blocked for fifteen ping intervals
             during = _drain(sock)
             await asyncio.sleep(1.0)
             after = _drain(sock)
