@@ -73,13 +73,11 @@ DEFAULT_MIN_SHORTFALL = 0.01
 #: the lowest of 150 validation images picked the first epoch (73.9% test) over the second (77.5%).
 #: Raising the cap to 5 epochs bought nothing on the misses (contrast 5 stops on ``min_gain`` after
 #: its second epoch) and cost up to 0.6 of ``full`` where the epochs kept paying a little.
-#: The statistics behind the block stay where ``bn`` put them (``track_suffix_statistics``): in
-#: batches of 16, statistics that follow the batches without the gradient seeing them made the
-#: rung unstable. Per-epoch curves of the 12 input scenarios, tracked → held: CIFAR-10 with the
-#: paper's checkpoint, gaussian noise 3 fell from 61% to 21% test over five epochs and reaches
-#: 73% held, contrast 5 fell from 65% to 28% and ends at 78%; on Shapes-40 contrast 5 reaches
-#: 78.9% in two epochs held against 65.9% tracked. Held statistics also spare the tracking hooks'
-#: work in every training step.
+#: The statistics behind the block stay where ``bn`` put them (``track_suffix_statistics``; why,
+#: with the CIFAR-10 curves, in ``device/finetune.py``'s docstring): on Shapes-40 contrast 5
+#: reaches 78.9% in two epochs held against 65.9% tracked, and on CIFAR-10 contrast 5 ends at 78%
+#: held where tracked it fell from 65% to 28%. Held statistics also spare the tracking hooks' work
+#: in every training step.
 _SHORT_EARLY_BLOCK: dict[str, float | int] = {
     "batch_size": 16, "epochs": 3, "min_epochs": 2, "min_gain": 0.02, "loss_tolerance": 0.1, "bn_samples": 128,
     "track_suffix_statistics": False,
