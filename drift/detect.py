@@ -90,15 +90,15 @@ TRAIN_STEP_FORWARDS = 3.5
 #: pixel features and the confusion (1.25–1.5 in the default layout);
 OBSERVE_FORWARDS = 1.0
 #: any other forward pass of the channels-last copy, eval mode or train mode (the statistics
-#: probe's re-estimating and its scoring): 0.64–0.69;
+#: probe's re-estimating and its scoring): 0.64–0.84 (the top re-estimating in batches of 64);
 COPY_FORWARDS = 0.7
 #: a train-mode pass that re-estimates BatchNorm statistics in the default layout (the training
 #: probe): 1.0–1.4.
 BN_FIT_FORWARDS = 1.4
 #: Share of the planned cost the observing pass may take; the statistics probe gets the rest. On
-#: 300 samples that observes 256, as in calibration, and re-estimates on 69 (of 128 from about 330
-#: samples). On eight suite scenarios of each draw, a probe fitted on 41
-#: samples gained within 0.06 of one fitted on 112 (feature drift ≤ 0.06, against the input
+#: 300 samples that observes 256, as in calibration, and re-estimates on 68 (on 128, as in
+#: calibration, from about 330 samples). On eight suite scenarios of each draw, a probe fitted on
+#: 41 samples gained within 0.06 of one fitted on 112 (feature drift ≤ 0.06, against the input
 #: threshold of 0.15).
 OBSERVE_SHARE = 2 / 3
 #: Fewest samples the statistics probe re-estimates on; with fewer it does not run.
@@ -471,10 +471,10 @@ def _confidence(value: float, threshold: float, sharpness: float = 3.0) -> float
 def forward_copy(model: ResNet26) -> ResNet26:
     """A copy of ``model`` in eval mode with its weights laid out channels-last, for forward passes.
 
-    With one thread on x86, a forward pass (eval or train mode) of this model runs about a third
-    faster channels-last than in the default layout, and the BatchNorm moments the observing pass
-    takes about twice as fast; a training step runs about a fifth slower, so training stays in the
-    default layout. The copy also leaves the caller's model untouched by construction.
+    With one thread on x86, a forward pass (eval or train mode) of this model costs 0.65–0.85 of
+    one in the default layout, and the observing pass, whose BatchNorm moments get cheaper still,
+    0.64 (``bench/detect_cost.py``). Only detection moves: the training probe trains in the
+    default layout, as the learner does. The copy also leaves the caller's model untouched.
     """
     work = copy.deepcopy(model).eval()
     return work.to(memory_format=torch.channels_last)

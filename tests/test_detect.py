@@ -16,10 +16,12 @@ from drift import labels, shapes
 from drift.corruptions import corrupt
 from drift.detect import (
     OBSERVE_FORWARDS,
+    PLAN_SHARE,
     Detection,
     DetectorConfig,
     decide,
     detect,
+    forward_copy,
     full_finetune_forward_passes,
     run_probe,
     statistics_probe,
@@ -88,7 +90,8 @@ def test_detects_each_kind_of_drift(detected: dict[str, Detection], name: str) -
     detection = detected[name]
     assert detection.drift_type == EXPECTED[name], detection.evidence["rule"]
     assert 0.5 <= detection.confidence <= 1.0
-    assert detection.forward_passes <= 0.05 * full_finetune_forward_passes(SIZE)
+    # Planned a quarter below the 5% bound, to leave room for CPU time's scatter.
+    assert detection.forward_passes <= PLAN_SHARE * 0.05 * full_finetune_forward_passes(SIZE) + 1
     assert detection.evidence["cost_fraction"] <= 0.05
     json.dumps(detection.to_dict())
 
@@ -133,6 +136,22 @@ def test_statistics_probe_tells_input_from_feature_drift(shipped: tuple[ResNet26
         fit, held = samples.subset(half), samples.subset(half + 64)
         gains[name] = statistics_probe(model, fit, held)["accuracy_gain"]
     assert gains["input"] > gains["feature"] + 0.1
+
+
+def test_the_forward_copy_computes_what_the_model_does(shipped: tuple[ResNet26, SourceStatistics]) -> None:
+    model, _ = shipped
+    model = copy.deepcopy(model).train()
+    before = copy.deepcopy(model.state_dict())
+    work = forward_copy(model)
+    assert not work.training and model.training
+    assert work.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    images = _input(17, "fog", n=32).images()
+    with torch.no_grad():
+        expected = model.eval()(images)
+        got = work(images)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_detection_leaves_the_model_alone(shipped: tuple[ResNet26, SourceStatistics]) -> None:
