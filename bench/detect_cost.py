@@ -77,7 +77,7 @@ def measure_prices(samples: int, repeats: int, seed: int) -> list[Price]:
     default = load_shipped_base_model().model.eval()
     layouts = {"default": default, "channels-last": detect.forward_copy(default)}
     train_batch = min(128, samples)
-    # Re-estimated in batches of the statistics probe's size on 300 samples (it fits on 69 in one).
+    # Re-estimated in batches of the statistics probe's size on 300 samples (it fits on 68 in one).
     fit_batch = min(64, samples)
     refitted = {k: copy.deepcopy(m) for k, m in layouts.items()}
 

@@ -219,9 +219,10 @@ def detect(
         run_statistics = True
     if run_statistics:
         # Scored on the second half, whose predictions the observing pass already made; fitted on
-        # as much of the first half as the budget leaves.
+        # as much of the first half as the budget leaves. Each sample the probe re-estimates on or
+        # scores costs one pass of the copy.
         half = len(subset) // 2
-        fit = min(half, int((budget - spent - (len(subset) - half) * COPY_FORWARDS) // COPY_FORWARDS))
+        fit = min(half, int((budget - spent) // COPY_FORWARDS) - (len(subset) - half))
         if fit >= MIN_FIT_SAMPLES:
             evidence["statistics_probe"] = statistics_probe(
                 work, subset.subset(torch.arange(fit)), subset.subset(torch.arange(half, len(subset))),
