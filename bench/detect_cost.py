@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -180,11 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     for p in misses:
         print(f"WARNING: {p.name} ({p.priced_layout}) measures {p.measured:.2f} units, priced at "
               f"{p.priced_as} = {p.price}: detection plans too cheaply on this machine", file=sys.stderr)
+    from bench import run_meta
+
     out = args.json or Path(__file__).parent / "results" / f"detect-cost-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(), "python": sys.version.split()[0]},
-        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+        "machine": run_meta.machine(),
+        "settings": run_meta.settings(args),
         "total_seconds": time.perf_counter() - started,
     }
     rows = [asdict(p) | {"measured": p.measured, "holds": p.holds} for p in prices]

@@ -31,7 +31,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -611,10 +610,12 @@ def write_json(out: Path, args: argparse.Namespace, results: list[ScenarioResult
                started: float, load_before: tuple[float, float, float], finished: bool) -> None:
     """Every figure, the targets and the run's conditions (rewritten after each scenario, so a cut
     run keeps what it measured)."""
+    from bench import run_meta
+
     meta = {
         "finished": finished,
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(), "python": sys.version.split()[0]},
-        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+        "machine": run_meta.machine(),
+        "settings": run_meta.settings(args),
         "source_statistics": {k: statistics.get(k) for k in ("origin", "samples", "accuracy")},
         "energy_unit": "cpu_seconds (process time; no meter)",
         # The detector and the ladders change while they are tuned: say which versions ran.

@@ -19,7 +19,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -195,11 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     runs = run_benchmark(args)
     table = format_table(runs)
     print(table)
+    from bench import run_meta
+
     out = args.json or Path(__file__).parent / "results" / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(), "python": sys.version.split()[0]},
-        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+        "machine": run_meta.machine(),
+        "settings": run_meta.settings(args),
         "total_seconds": time.perf_counter() - started,
     }
     out.write_text(json.dumps({"meta": meta, "runs": [asdict(r) for r in runs]}, indent=2, default=str))
