@@ -1,14 +1,18 @@
 """The durable store: samples, drift hints, jobs, per-job energy and power traces, model versions.
 
-One SQLite file, opened through sqlite-utils, in WAL mode with ``synchronous=NORMAL`` (no fsync
-per commit on an SD card; a power cut may lose the last commits but never corrupts the file).
+One SQLite file, opened through sqlite-utils, in WAL mode with ``synchronous=FULL``: every commit
+fsyncs the write-ahead log, so what a write returned is on stable storage and survives a power
+cut (``NORMAL`` would leave the last commits in the page cache until the next checkpoint).
 
-Threads: every write runs on one dedicated writer thread, in its own ``BEGIN IMMEDIATE``
-transaction, fed by a queue; the caller blocks until the transaction has committed, so a sample
-is durable before its POST is answered. Reads run on per-thread read-only connections (FastAPI
-runs ``def`` endpoints in a thread pool and a connection must stay on one thread); WAL lets them
-read while the writer writes. Operators may browse the same file with ``sqlite-utils`` or
-``datasette`` meanwhile.
+Threads: every write runs on one dedicated writer thread, fed by a queue; the caller blocks until
+the transaction holding its changes has committed. Writes that queue up while the writer is busy
+are committed together (group commit): one ``BEGIN IMMEDIATE`` transaction, each write in its own
+savepoint so a failing one rolls back alone, one commit and one fsync for all of them, then every
+caller is answered. Under load that turns one fsync per request into one per group, which is what
+an SD card can afford. Reads run on per-thread read-only connections (FastAPI runs ``def``
+endpoints in a thread pool and a connection must stay on one thread); WAL lets them read while
+the writer writes. Operators may browse the same file with ``sqlite-utils`` or ``datasette``
+meanwhile.
 
 The sample buffer has a capacity (samples and payload bytes). A batch that would overflow it
 first evicts the oldest samples of contexts that have no pending (queued or running) job; if that
@@ -29,7 +33,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
 
@@ -49,6 +53,9 @@ PENDING_STATES: tuple[str, ...] = ("queued", "running")
 FINISHED_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled", "interrupted")
 
 DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
+#: Most queued writes one transaction commits together: bounds how long a write waits behind
+#: others and how much one rollback undoes.
+MAX_GROUP_WRITES = 64
 #: The error recorded on a job that was running when the daemon stopped.
 INTERRUPTED_ERROR = "interrupted: the daemon stopped while the job was running"
 
@@ -165,6 +172,12 @@ class NotFound(StoreError, LookupError):
     """No job, hint or model version with that id."""
 
 
+class MixedSamples(StoreError, ValueError):
+    """A batch whose dtype or sample shape differs from the samples its context already holds: a
+    job stacks a context's samples into one array, so such a context could never be trained.
+    Nothing was written; the API answers 409."""
+
+
 class BufferFull(StoreError):
     """A batch does not fit: evicting every evictable sample would not make room for it.
 
@@ -187,6 +200,16 @@ class BufferFull(StoreError):
         self.evictable_samples = evictable_samples
         self.evictable_bytes = evictable_bytes
         self.protected_contexts = protected_contexts
+
+
+@dataclass(frozen=True)
+class WriteStats:
+    """What the writer has done since the store opened: writes answered, transactions committed
+    (each one fsync of the write-ahead log), and the largest group committed at once."""
+
+    writes: int
+    commits: int
+    largest_group: int
 
 
 class BufferUsage(NamedTuple):
@@ -367,6 +390,10 @@ class Store:
             target=self._run_writer, name=f"store-writer:{path.name}", daemon=True
         )
         self._writer_ready: Future[None] = Future()
+        # Written by the writer thread only; read racily by stats(), which is fine for counters.
+        self._writes = 0
+        self._commits = 0
+        self._largest_group = 0
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -443,10 +470,13 @@ class Store:
     # --- the writer and the readers --------------------------------------------------------------
 
     def write(self, fn: Callable[[Database], T]) -> T:
-        """Run ``fn(db)`` on the writer thread in one transaction; return its result once committed.
+        """Run ``fn(db)`` on the writer thread; return its result once its changes are committed
+        and on stable storage.
 
-        An exception in ``fn`` rolls the transaction back and is raised here. For composite
-        writes the typed methods do not cover; ``fn`` must not call back into the store.
+        ``fn`` may share its transaction with other queued writes (group commit), inside a
+        savepoint of its own: an exception in ``fn`` undoes exactly its changes and is raised
+        here. For composite writes the typed methods do not cover; ``fn`` must not call back into
+        the store, nor commit or roll back itself.
         """
         if threading.current_thread() is self._writer_thread:
             raise RuntimeError("Store.write() called from inside a write: it would deadlock")
@@ -502,7 +532,7 @@ class Store:
         try:
             db = Database(conn, execute_plugins=False)
             db.enable_wal()
-            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA synchronous = FULL")
             db.execute("PRAGMA foreign_keys = ON")
             self._migrate(db)
         except BaseException as exc:
@@ -511,14 +541,78 @@ class Store:
             return
         self._writer_ready.set_result(None)
         try:
-            while (task := self._queue.get()) is not None:
-                if task.future.set_running_or_notify_cancel():
+            stopping = False
+            while not stopping and (task := self._queue.get()) is not None:
+                group = [task]
+                while len(group) < MAX_GROUP_WRITES:
                     try:
-                        task.future.set_result(_in_transaction(db, task.fn))
-                    except BaseException as exc:  # handed to the caller, who re-raises it
-                        task.future.set_exception(exc)
+                        queued = self._queue.get_nowait()
+                    except Empty:
+                        break
+                    if queued is None:  # close(): commit what came before, then stop
+                        stopping = True
+                        break
+                    group.append(queued)
+                self._commit_group(db, [t for t in group if t.future.set_running_or_notify_cancel()])
         finally:
             conn.close()
+
+    def _commit_group(self, db: Database, group: list[_Task]) -> None:
+        """Commit ``group`` in one transaction and answer each caller only after the commit.
+
+        Should the transaction itself fail (the commit, or a write whose error ends the whole
+        transaction, as SQLITE_FULL may), nothing of it was kept and the writes run again one
+        transaction each, so that each caller gets the outcome of its own write alone.
+        """
+        if not group:
+            return
+        outcomes: list[tuple[bool, Any]] = []
+        conn = db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for task in group:
+                conn.execute("SAVEPOINT write")
+                try:
+                    value = task.fn(db)
+                except Exception as exc:
+                    if not conn.in_transaction:
+                        raise
+                    conn.execute("ROLLBACK TO write")
+                    conn.execute("RELEASE write")
+                    outcomes.append((False, exc))
+                else:
+                    conn.execute("RELEASE write")
+                    outcomes.append((True, value))
+            conn.execute("COMMIT")
+        except BaseException:  # noqa: BLE001 - each write is run again and gets its own outcome
+            db.rollback()
+            outcomes = [self._commit_alone(db, task) for task in group]
+        else:
+            self._commits += 1
+        self._writes += len(group)
+        self._largest_group = max(self._largest_group, len(group))
+        for task, (ok, value) in zip(group, outcomes):
+            if ok:
+                task.future.set_result(value)
+            else:  # handed to the caller, who re-raises it
+                task.future.set_exception(value)
+
+    def _commit_alone(self, db: Database, task: _Task) -> tuple[bool, Any]:
+        try:
+            value = _in_transaction(db, task.fn)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
+            return False, exc
+        self._commits += 1
+        return True, value
+
+    @property
+    def queued_writes(self) -> int:
+        """Writes waiting for the writer thread now (they go into the next group)."""
+        return self._queue.qsize()
+
+    def write_stats(self) -> WriteStats:
+        """Writes answered and transactions committed so far (see :class:`WriteStats`)."""
+        return WriteStats(self._writes, self._commits, self._largest_group)
 
     def _migrate(self, db: Database) -> None:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -561,7 +655,8 @@ class Store:
 
         Arrays are stored little-endian with their dtype and shape and come back bit-exact from
         :meth:`load_samples`. Makes room by evicting, see the module docstring; raises
-        :class:`BufferFull` (nothing written) when it cannot.
+        :class:`BufferFull` (nothing written) when it cannot, and :class:`MixedSamples` for a batch
+        of another dtype or shape than the context holds.
         """
         payloads = np.asarray(payloads)
         label_array = np.asarray(labels).reshape(-1)
@@ -582,6 +677,16 @@ class Store:
         batch_bytes = sum(len(blob) for blob in blobs)
 
         def add(db: Database) -> AddResult:
+            # In the write transaction: two first batches racing into an empty context cannot mix.
+            held = db.conn.execute(
+                "SELECT dtype, shape FROM samples WHERE context = ? LIMIT 1", (context,)
+            ).fetchone()
+            if held is not None and tuple(held) != (dtype_name, shape_json):
+                raise MixedSamples(
+                    f"context {context!r} holds {held[0]} samples of shape {tuple(json.loads(held[1]))}, this "
+                    f"batch is {dtype_name} of shape {tuple(batch.shape[1:])}; a job trains on one array, so send "
+                    f"{held[0]} or use another context"
+                )
             evicted_contexts, room = self._make_room(db.conn, len(blobs), batch_bytes)
             now = self.clock()
             ids = []

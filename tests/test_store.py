@@ -6,9 +6,12 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from service.store import (
     PENDING_STATES,
     SCHEMA_VERSION,
     BufferFull,
+    MixedSamples,
     NotFound,
     Store,
     StoreClosed,
@@ -145,8 +149,11 @@ def test_load_samples_limit_keeps_the_newest_and_ids_select(store: Store) -> Non
 
 
 def test_mixed_shapes_in_a_context_cannot_be_stacked(store: Store) -> None:
+    # add_samples refuses to mix them now; a database written before it did may still hold some.
     store.add_samples("c", None, [0], batch(1, shape=(4,)))
-    store.add_samples("c", None, [0], batch(1, shape=(2, 2)))
+    store.write(lambda db: db.conn.execute(
+        "INSERT INTO samples (context, label, dtype, shape, payload, payload_bytes, created_at) "
+        "VALUES ('c', 0, 'uint8', '[2, 2]', x'00000000', 4, 0)"))
     with pytest.raises(ValueError, match="differ in dtype or shape"):
         store.load_samples("c")
 
@@ -175,10 +182,10 @@ def test_counts_and_usage(store: Store) -> None:
 # --- SQLite configuration ------------------------------------------------------------------------
 
 
-def test_wal_synchronous_normal_and_busy_timeout_are_set(store: Store, db_path: Path) -> None:
+def test_wal_synchronous_full_and_busy_timeout_are_set(store: Store, db_path: Path) -> None:
     pragmas = store.connection_settings()
     assert pragmas["journal_mode"] == "wal"
-    assert pragmas["synchronous"] == 1  # NORMAL
+    assert pragmas["synchronous"] == 2  # FULL: every commit fsyncs the write-ahead log
     assert pragmas["busy_timeout"] >= 1000
     assert pragmas["foreign_keys"] == 1
     assert pragmas["user_version"] == SCHEMA_VERSION
@@ -205,6 +212,115 @@ def test_a_failed_write_rolls_back_entirely(store: Store) -> None:
     assert store.list_jobs() == []
     store.create_job("c")  # the writer survived the error
     assert len(store.list_jobs()) == 1
+
+
+def test_a_context_keeps_one_dtype_and_shape(store: Store) -> None:
+    store.add_samples("a", None, [1, 2], batch(2))
+    with pytest.raises(MixedSamples, match="holds uint8 samples of shape \\(4,\\)"):
+        store.add_samples("a", None, [1], np.zeros((1, 4), dtype=np.float32))
+    with pytest.raises(MixedSamples, match="shape \\(4,\\)"):
+        store.add_samples("a", None, [1], batch(1, shape=(5,)))
+    store.add_samples("b", None, [1], np.zeros((1, 4), dtype=np.float32))  # another context may differ
+    assert store.count_samples("a") == 2 and store.count_samples("b") == 1
+
+
+class HeldWriter:
+    """Holds the writer thread inside a write until released, so that writes queue up behind it
+    and go into one group (what happens on its own under load)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.thread = threading.Thread(target=store.write, args=(self._hold,))
+
+    def _hold(self, db: Database) -> None:
+        self.entered.set()
+        assert self.release.wait(30), "the test never released the writer"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        assert self.entered.wait(30)
+        return self
+
+    def queue(self, *writes: Callable[[], object]) -> list[Future[object]]:
+        """Start each write on a thread of its own and wait until all are queued."""
+        before = self.store.queued_writes
+        pool = ThreadPoolExecutor(max_workers=len(writes))
+        futures = [pool.submit(write) for write in writes]
+        pool.shutdown(wait=False)
+        deadline = time.monotonic() + 30
+        while self.store.queued_writes < before + len(writes):
+            assert time.monotonic() < deadline, "the writes never reached the writer's queue"
+            time.sleep(0.001)
+        return futures
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.thread.join(30)
+
+
+def test_writes_queued_behind_a_busy_writer_commit_together(store: Store) -> None:
+    before = store.write_stats()
+    with HeldWriter(store) as held:
+        futures = held.queue(*[lambda i=i: store.add_samples("c", None, [i], batch(1, fill=i)) for i in range(10)])
+        assert not any(f.done() for f in futures)  # nobody is answered before the commit
+    ids = [f.result(30).ids[0] for f in futures]
+    after = store.write_stats()
+    assert after.writes - before.writes == 11
+    assert after.commits - before.commits == 2  # the held write alone, then the ten in one
+    assert after.largest_group == 10
+    _, y, stored = store.load_samples("c")
+    assert sorted(ids) == stored and sorted(y.tolist()) == list(range(10))
+
+
+def test_a_failing_write_in_a_group_rolls_back_alone(store: Store) -> None:
+    def fail(db: Database) -> None:
+        db["jobs"].insert({"context": "bad", "state": "queued", "created_at": 0, "updated_at": 0})
+        raise RuntimeError("boom")
+
+    with HeldWriter(store) as held:
+        first, failing, last = held.queue(
+            lambda: store.create_job("a"), lambda: store.write(fail), lambda: store.create_job("b")
+        )
+    with pytest.raises(RuntimeError, match="boom"):
+        failing.result(30)
+    assert [job.context for job in store.list_jobs()] == ["b", "a"]
+    assert first.result(30).context == "a" and last.result(30).context == "b"
+
+
+def test_a_write_that_ends_the_whole_transaction_leaves_the_others_of_its_group_committed(store: Store) -> None:
+    # A write whose error rolls back the transaction itself (SQLite does so for some I/O and
+    # disk-full errors): the rest of its group is run again, each write in a transaction alone.
+    def end_everything(db: Database) -> None:
+        db["jobs"].insert({"context": "bad", "state": "queued", "created_at": 0, "updated_at": 0})
+        db.conn.execute("ROLLBACK")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with HeldWriter(store) as held:
+        futures = held.queue(
+            lambda: store.create_job("a"), lambda: store.write(end_everything), lambda: store.create_job("b")
+        )
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        futures[1].result(30)
+    assert sorted(job.context for job in store.list_jobs()) == ["a", "b"]
+    assert futures[0].result(30).context == "a" and futures[2].result(30).context == "b"
+
+
+def test_close_commits_the_writes_queued_before_it(db_path: Path) -> None:
+    store = Store.open(db_path)
+    with HeldWriter(store) as held:
+        futures = held.queue(*[lambda i=i: store.create_job(f"c{i}") for i in range(5)])
+        closer = threading.Thread(target=store.close)
+        closer.start()
+        deadline = time.monotonic() + 30
+        while not store.closed:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    closer.join(30)
+    assert [f.result(30).context for f in futures] == [f"c{i}" for i in range(5)]
+    with Store.open(db_path) as reopened:
+        assert len(reopened.list_jobs()) == 5
 
 
 def test_concurrent_writers_all_land_while_a_reader_reads(store: Store) -> None:
