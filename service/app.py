@@ -2,7 +2,10 @@
 
 Start-up (the lifespan) opens the store, loads the active model, selects the meter and starts the
 job worker; shutdown stops the worker (a running job is asked to stop at its next batch) and closes
-the store. Every error is JSON ``{"error": "...", ...}`` naming the problem; bad input is a 4xx.
+the store. Every error is JSON ``{"error": "...", "field": ...}`` naming the problem (the shape is
+:class:`service.api_schema.ErrorBody`): bad input is a 4xx, the daemon shutting down a 503, and an
+unexpected exception a 500 (:class:`service.error_guard.ErrorGuard`). The OpenAPI document declares
+every status an operation answers.
 """
 
 from __future__ import annotations
@@ -10,15 +13,16 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,13 +32,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from energy.discovery import select_meter
 from energy.meter import Meter
 from service import metrics
+from service.api_schema import SQLITE_INTEGER_MAX, describe_model_input, error_responses, sample_batch_openapi
 from service.body_limit import BodySizeLimit
 from service.dashboard import dashboard_router, is_public_path
-from service.jobs import JobError, JobManager
-from service.model_registry import ModelRegistry
+from service.error_guard import ErrorGuard
+from service.jobs import JobError, JobManager, ShuttingDown
+from service.model_registry import ModelFileError, ModelRegistry
 from service.payloads import PayloadError, SampleBatch, decode_samples
 from service.settings import Settings
-from service.store import BufferFull, NotFound, Store
+from service.store import BufferFull, MixedSamples, NotFound, Store, StoreClosed
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +103,31 @@ def create_app(settings: Settings, *, meter: Meter | None = None) -> FastAPI:
     if settings.api_token:
         _install_token_guard(app, settings.api_token)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
-    _add_routes(app)
+    # Added last, so outermost: it also catches what escapes the body cap and the token guard.
+    app.add_middleware(ErrorGuard)
+    _add_routes(app, token_required=bool(settings.api_token))
     app.include_router(dashboard_router())
+    _describe_served_model(app)
     return app
+
+
+def _describe_served_model(app: FastAPI) -> None:
+    """Make ``app.openapi()`` state the served model's input shape and labels once the daemon runs."""
+    build = app.openapi
+    described = False
+
+    def openapi() -> dict[str, Any]:
+        nonlocal described
+        document = build()  # FastAPI caches it in app.openapi_schema; this edits that copy once
+        daemon: Daemon | None = getattr(app.state, "daemon", None)
+        if daemon is not None and not described:
+            config = daemon.registry.active.config
+            describe_model_input(document, input_shape=config.input_shape, num_classes=config.num_classes,
+                                 max_batch=daemon.settings.max_batch_samples)
+            described = True
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _start_daemon(settings: Settings, meter: Meter | None) -> Daemon:
@@ -137,30 +165,41 @@ def _daemon(request: Request) -> Daemon:
 # -- errors ------------------------------------------------------------------------------------------
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def _error(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field, **extra}, status_code=status)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        for error in errors:
+            if error.get("type") == "json_invalid":  # as for /v1/samples: a body that is not JSON is a 400
+                reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+                return _error(400, f"body: not valid JSON: {reason}", "body")
         problems = []
-        for error in exc.errors():
+        for error in errors:
             where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
             problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
-        return _error(422, "; ".join(problems) or "invalid request", details=[str(p) for p in problems])
+        return _error(422, "; ".join(problems) or "invalid request", _error_field(errors), details=problems)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+        response = _error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
     @app.exception_handler(PayloadError)
     async def bad_payload(request: Request, exc: PayloadError) -> JSONResponse:
-        return _error(exc.status, str(exc), field=exc.field)
+        return _error(exc.status, str(exc), exc.field)
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> JSONResponse:
         return _error(404, str(exc).strip("'\""))
+
+    @app.exception_handler(ShuttingDown)
+    async def shutting_down(request: Request, exc: ShuttingDown) -> JSONResponse:
+        return _error(503, str(exc))
 
     @app.exception_handler(JobError)
     async def conflict(request: Request, exc: JobError) -> JSONResponse:
@@ -169,6 +208,32 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BufferFull)
     async def full(request: Request, exc: BufferFull) -> JSONResponse:
         return _error(507, str(exc))
+
+    @app.exception_handler(MixedSamples)
+    async def mixed(request: Request, exc: MixedSamples) -> JSONResponse:
+        return _error(409, f"dtype: {exc}", field="dtype")
+
+    @app.exception_handler(ModelFileError)
+    async def unservable(request: Request, exc: ModelFileError) -> JSONResponse:
+        # Raised in a request only by POST /v1/models/{version}/activate. 500, not 409: the request is
+        # right and the version exists, but its file on the daemon's disk is missing or corrupt, which
+        # only an operator can repair; a 4xx would blame the client. Logged without a traceback: no bug.
+        version = request.path_params.get("version", "?")
+        log.error("model version %s cannot be activated: %s", version, exc)
+        return _error(500, f"model version {version} cannot be served: {exc}", "version")
+
+    @app.exception_handler(StoreClosed)
+    async def store_closed(request: Request, exc: StoreClosed) -> JSONResponse:
+        # Only during shutdown, once the database is closed: not a bug, and the daemon is going away.
+        return _error(503, "the daemon is shutting down (its database is closed); retry once it is back")
+
+
+def _error_field(errors: list[Any]) -> str | None:
+    """The field of the first validation error: the last name in its location (``job_id``, ``type``)."""
+    if not errors:
+        return None
+    names = [part for part in errors[0].get("loc", ()) if isinstance(part, str)]
+    return names[-1] if names else None
 
 
 def _install_token_guard(app: FastAPI, token: str) -> None:
@@ -187,12 +252,31 @@ def _install_token_guard(app: FastAPI, token: str) -> None:
 # -- routes ------------------------------------------------------------------------------------------
 
 
-def _add_routes(app: FastAPI) -> None:
-    @app.get("/healthz")
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+JOB_STATES: tuple[str, ...] = get_args(JobState)
+# Ids bound to SQLite: beyond a signed 64-bit integer they would overflow the binding (a 500).
+JobId = Annotated[int, Path(ge=1, le=SQLITE_INTEGER_MAX, description="A job id.")]
+VersionNumber = Annotated[int, Path(ge=1, le=SQLITE_INTEGER_MAX, description="A model version.")]
+
+
+def _add_routes(app: FastAPI, *, token_required: bool) -> None:
+    guarded = (401,) if token_required else ()
+
+    def errors(*statuses: int, described: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+        """An operation's error responses: ``statuses``, 500 always, and 401 behind a token."""
+        return error_responses(*sorted({*statuses, *guarded, 500}), described=described)
+
+    @app.get("/healthz", responses=error_responses(500))
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/v1/samples", status_code=201)
+    @app.post(
+        "/v1/samples",
+        status_code=201,
+        responses=errors(400, 409, 413, 415, 422, 503, 507,
+                         described={409: "The context holds samples of another dtype or shape (a job stacks them)."}),
+        openapi_extra=sample_batch_openapi(labelled=True),
+    )
     async def post_samples(request: Request) -> dict[str, Any]:
         daemon = _daemon(request)
         batch = await _read_batch(request, daemon, labelled=True)
@@ -214,7 +298,7 @@ def _add_routes(app: FastAPI) -> None:
 
         return await run_in_threadpool(store_batch)
 
-    @app.post("/v1/drift", status_code=202)
+    @app.post("/v1/drift", status_code=202, responses=errors(400, 413, 422, 503))
     def post_drift(hint: DriftHint, request: Request) -> dict[str, Any]:
         outcome = _daemon(request).jobs.hint(hint.context, hint.type, hint.min_samples)
         status = "merged" if outcome.merged else ("scheduled" if outcome.job else "waiting for samples")
@@ -226,24 +310,30 @@ def _add_routes(app: FastAPI) -> None:
             "min_samples": outcome.min_samples,
         }
 
-    @app.post("/v1/jobs", status_code=201)
+    @app.post(
+        "/v1/jobs",
+        status_code=201,
+        responses=errors(400, 409, 413, 422, 503,
+                         described={409: "The context holds too few samples, or already has a pending job."}),
+    )
     def post_job(body: JobRequest, request: Request) -> dict[str, Any]:
         if (body.block is None) == (body.drift_type is None):
             raise PayloadError("give exactly one of block or drift_type", "block")
         job = _daemon(request).jobs.submit(body.context, body.block or body.drift_type or "")
         return job.to_dict()
 
-    @app.get("/v1/jobs")
-    def list_jobs(request: Request, state: str | None = None, context: str | None = None, limit: int = 100) -> dict[str, Any]:
-        if state is not None and state not in JOB_STATES:
-            raise PayloadError(f"state must be one of {', '.join(JOB_STATES)}", "state")
-        if not 1 <= limit <= 1000:
-            raise PayloadError("limit must lie in 1..1000", "limit")
+    @app.get("/v1/jobs", responses=errors(422, 503))
+    def list_jobs(
+        request: Request,
+        state: JobState | None = None,
+        context: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000, description="The newest jobs to list.")] = 100,
+    ) -> dict[str, Any]:
         jobs = _daemon(request).store.list_jobs(state=state, context=context, limit=limit)
         return {"jobs": [job.to_dict() for job in jobs]}
 
-    @app.get("/v1/jobs/{job_id}")
-    def get_job(job_id: int, request: Request) -> dict[str, Any]:
+    @app.get("/v1/jobs/{job_id}", responses=errors(404, 422, 503, described={404: "No such job."}))
+    def get_job(job_id: JobId, request: Request) -> dict[str, Any]:
         daemon = _daemon(request)
         job = daemon.store.get_job(job_id).to_dict()
         if daemon.jobs.running_job == job_id and daemon.jobs.latest_progress is not None:
@@ -252,13 +342,17 @@ def _add_routes(app: FastAPI) -> None:
         job["energy"] = _energy_dict(energy.to_dict()) if energy else None
         return job
 
-    @app.delete("/v1/jobs/{job_id}")
-    def cancel_job(job_id: int, request: Request) -> dict[str, Any]:
+    @app.delete(
+        "/v1/jobs/{job_id}",
+        responses=errors(404, 409, 422, 503, described={
+            404: "No such job.", 409: "The job has finished: only queued or running jobs can be cancelled."}),
+    )
+    def cancel_job(job_id: JobId, request: Request) -> dict[str, Any]:
         job = _daemon(request).jobs.cancel(job_id)
         return {**job.to_dict(), "cancel_requested": job.state == "running"}
 
-    @app.get("/v1/jobs/{job_id}/power")
-    def job_power(job_id: int, request: Request) -> dict[str, Any]:
+    @app.get("/v1/jobs/{job_id}/power", responses=errors(404, 422, 503, described={404: "No such job."}))
+    def job_power(job_id: JobId, request: Request) -> dict[str, Any]:
         daemon = _daemon(request)
         trace = daemon.store.power_trace(job_id)
         energy = daemon.store.get_energy(job_id)
@@ -270,7 +364,8 @@ def _add_routes(app: FastAPI) -> None:
             "points": [{"t_seconds": p.t_seconds, "watts": p.watts, "source": p.source} for p in trace],
         }
 
-    @app.post("/v1/predict")
+    # No 503: prediction uses the model in memory, not the database.
+    @app.post("/v1/predict", responses=errors(400, 413, 415, 422), openapi_extra=sample_batch_openapi(labelled=False))
     async def post_predict(request: Request) -> dict[str, Any]:
         daemon = _daemon(request)
         batch = await _read_batch(request, daemon, labelled=False)
@@ -281,21 +376,35 @@ def _add_routes(app: FastAPI) -> None:
             "probabilities": prediction.probabilities.round(6).tolist(),
         }
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=errors(503))
     def list_models(request: Request) -> dict[str, Any]:
         daemon = _daemon(request)
         return {"active": daemon.registry.active.version,
                 "versions": [v.to_dict() for v in daemon.store.list_versions()]}
 
-    @app.post("/v1/models/{version}/activate")
-    def activate_model(version: int, request: Request) -> dict[str, Any]:
+    @app.post(
+        "/v1/models/{version}/activate",
+        responses=errors(404, 422, 503, described={
+            404: "No such model version.", 500: "An internal error, or the version's model file cannot be served."}),
+    )
+    def activate_model(version: VersionNumber, request: Request) -> dict[str, Any]:
         return _daemon(request).registry.activate(version).to_dict()
 
-    @app.get("/v1/energy")
+    @app.get(
+        "/v1/energy",
+        responses={
+            200: {
+                "description": "The per-job energy log: JSON, or CSV with `format=csv`.",
+                "content": {"application/json": {"schema": {"type": "object"}},
+                            "text/csv": {"schema": {"type": "string"}}},
+            },
+            **errors(422, 503),
+        },
+    )
     def energy_log(
         request: Request,
-        since: str | None = None,
-        until: str | None = None,
+        since: Annotated[str | None, Query(min_length=1, description=TIME_BOUND_HELP)] = None,
+        until: Annotated[str | None, Query(min_length=1, description=TIME_BOUND_HELP)] = None,
         context: str | None = None,
         block: str | None = None,
         format: Literal["json", "csv"] = "json",
@@ -308,16 +417,25 @@ def _add_routes(app: FastAPI) -> None:
             return PlainTextResponse(_energy_csv(records), media_type="text/csv")
         return JSONResponse({"units": ENERGY_UNITS, "jobs": records})
 
-    @app.get("/v1/status")
+    @app.get("/v1/status", responses=errors(503))
     def status(request: Request) -> dict[str, Any]:
         return _status(_daemon(request))
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        # Response has no media type, so FastAPI files the JSON errors under application/json, not text/plain.
+        response_class=Response,
+        responses={200: {"description": "Prometheus text exposition format 0.0.4.",
+                         "content": {"text/plain": {"schema": {"type": "string"}}}},
+                   **errors(503)},
+    )
     def prometheus(request: Request) -> Response:
         return PlainTextResponse(_metrics(_daemon(request)), media_type=metrics.CONTENT_TYPE)
 
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+TIME_BOUND_HELP = "Epoch seconds, or an ISO 8601 time with a time zone (e.g. 2024-05-01T12:00:00Z)."
+
+
 ENERGY_UNITS = {"joules": "J", "net_joules": "J", "seconds": "s", "mean_watts": "W", "peak_watts": "W",
                 "baseline_watts": "W", "counter_joules": "J"}
 ENERGY_CSV_COLUMNS = ("job_id", "context", "drift_type", "block", "state", "started_at", "finished_at", "seconds",
@@ -360,13 +478,18 @@ def _parse_time(value: str | None, name: str) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # float() takes "nan" and "inf", and "1e999" becomes inf: no time, and nan would bind as NULL.
+        if not math.isfinite(seconds):
+            raise PayloadError(f"{name}: expected a finite number of epoch seconds, got {value[:40]!r}", name)
+        return seconds
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise PayloadError(f"{name}: expected epoch seconds or an ISO 8601 time, got {value!r}", name) from None
+        raise PayloadError(f"{name}: expected epoch seconds or an ISO 8601 time, got {value[:40]!r}", name) from None
     if parsed.tzinfo is None:
         raise PayloadError(f"{name}: give a time zone (e.g. {value}Z or +00:00)", name)
     return parsed.timestamp()
@@ -420,6 +543,7 @@ def _metrics(daemon: Daemon) -> str:
         joules_by_block[block] = joules_by_block.get(block, 0.0) + record.joules
         seconds_by_block[block] = seconds_by_block.get(block, 0.0) + record.seconds
     info = daemon.meter.describe()
+    writes = store.write_stats()
     meter_up = 0.0 if info.is_estimate or _last_job_gaps(daemon) else 1.0
     families = [
         metrics.MetricFamily("tbftd_samples_buffered", "gauge", "Labelled samples held in the buffer.").add(usage.samples),
@@ -431,6 +555,11 @@ def _metrics(daemon: Daemon) -> str:
                              "1 when a power meter measured the last job without gaps, 0 for an estimate or gaps.")
         .add(meter_up, source=info.source),
         metrics.MetricFamily("tbftd_model_version", "gauge", "Active model version.").add(daemon.registry.active.version),
+        metrics.MetricFamily("tbftd_store_writes_total", "counter", "Writes the store has committed and answered.")
+        .add(writes.writes),
+        metrics.MetricFamily("tbftd_store_commits_total", "counter",
+                             "Store transactions committed, each one fsync of the write-ahead log (group commit "
+                             "puts the writes that queue up together into one).").add(writes.commits),
     ]
     for state, count in jobs_by_state.items():
         families[2].add(count, state=state)

@@ -49,6 +49,10 @@ class JobError(Exception):
     """A request about jobs that cannot be honoured; the message says why (the API answers 409)."""
 
 
+class ShuttingDown(JobError):
+    """New work asked of a daemon that is stopping (the API answers 503: retry once it is back)."""
+
+
 @dataclass(frozen=True)
 class HintOutcome:
     """What a drift hint did: merged into a pending job, started one, or waits for samples."""
@@ -208,7 +212,7 @@ class JobManager:
 
     def _check_open(self) -> None:
         if self._closing.is_set():
-            raise JobError("the daemon is shutting down and takes no new work")
+            raise ShuttingDown("the daemon is shutting down and takes no new work")
 
     def _start_if_ready(self, context: str) -> Job | None:
         waiting = self.store.waiting_hints(context)

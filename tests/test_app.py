@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import multiprocessing
 import time
 from collections.abc import Iterator
@@ -409,3 +410,147 @@ def test_auto_detect_starts_auto_jobs_on_fresh_samples_only(tmp_path: Path, base
         again = post_colour_samples(client, 10, 4)["job"]
         assert again is not None and again["id"] == job["id"] + 1
         wait_for_job(client, again["id"])
+
+
+# -- errors and the OpenAPI document ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method, path, field",
+    [
+        ("GET", "/v1/jobs/99999999999999999999999", "job_id"),
+        ("POST", "/v1/models/99999999999999999999/activate", "version"),
+        ("GET", f"/v1/jobs/{2**63}", "job_id"),
+        ("DELETE", "/v1/jobs/0", "job_id"),
+    ],
+)
+def test_ids_beyond_what_sqlite_stores_are_422_naming_the_field(
+    client: TestClient, method: str, path: str, field: str
+) -> None:
+    response = client.request(method, path)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["field"] == field and field in body["error"] and body["details"]
+
+
+def test_the_largest_id_sqlite_stores_is_simply_not_found(client: TestClient) -> None:
+    assert client.get(f"/v1/jobs/{2**63 - 1}").status_code == 404
+    assert client.post(f"/v1/models/{2**63 - 1}/activate").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status, field",
+    [
+        ("GET", "/v1/jobs?limit=0", None, 422, "limit"),
+        ("GET", "/v1/jobs?limit=100000000000000000000000", None, 422, "limit"),
+        ("GET", "/v1/jobs?state=done", None, 422, "state"),
+        ("GET", "/v1/energy?since=nan", None, 422, "since"),
+        ("GET", "/v1/energy?until=1e999", None, 422, "until"),
+        ("GET", "/v1/energy?until=", None, 422, "until"),
+        ("POST", "/v1/drift", {"type": "sideways"}, 422, "type"),
+        ("POST", "/v1/drift", {"type": "input", "min_samples": 10**30}, 422, "min_samples"),
+        ("POST", "/v1/drift", {"type": "input", "colour": "red"}, 422, "colour"),
+        ("POST", "/v1/jobs", {"context": "cam-1"}, 422, "block"),
+        ("POST", "/v1/drift", b"{not json", 400, "body"),
+        ("POST", "/v1/jobs", b"[1,", 400, "body"),
+    ],
+)
+def test_every_4xx_is_json_naming_the_field(
+    client: TestClient, method: str, path: str, body: Any, status: int, field: str
+) -> None:
+    if isinstance(body, bytes):
+        response = client.request(method, path, content=body, headers={"content-type": "application/json"})
+    else:
+        response = client.request(method, path, json=body)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["field"] == field and response.json()["error"]
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"])
+def test_an_unexpected_exception_is_a_json_500_logged_once_with_its_traceback(
+    tmp_path: Path, base_model_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    token: str | None,
+) -> None:
+    overrides = {"api_token": token} if token else {}
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    with TestClient(create_app(make_settings(tmp_path, base_model_path, **overrides))) as client:
+        store = client.app.state.daemon.store  # type: ignore[attr-defined]
+
+        def broken() -> None:
+            raise ZeroDivisionError("a bug in the store")
+
+        # The only fake in this file: a bug is needed on purpose, and nothing real has one.
+        monkeypatch.setattr(store, "buffer_usage", broken)
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            response = client.get("/v1/status", headers=headers)
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert "ZeroDivisionError" in body["error"] and "/v1/status" in body["error"] and body["field"] is None
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is ZeroDivisionError]
+    assert len(logged) == 1, caplog.records
+    assert "a bug in the store" in logged[0].exc_text or "a bug in the store" in str(logged[0].exc_info[1])
+    assert "Traceback" in caplog.text and "in broken" in caplog.text
+
+
+def test_a_context_holds_one_dtype(client: TestClient) -> None:
+    x = np.zeros((2, 3, 32, 32), dtype=np.uint8)
+    assert client.post("/v1/samples", json=encode_json_batch(x, [0, 1], context="cam-1")).status_code == 201
+    response = client.post("/v1/samples", json=encode_json_batch(x.astype(np.float32), [0, 1], context="cam-1"))
+    assert response.status_code == 409, response.text
+    assert response.json()["field"] == "dtype" and "holds uint8" in response.json()["error"]
+    elsewhere = encode_json_batch(x.astype(np.float32), [0, 1], context="cam-2")
+    assert client.post("/v1/samples", json=elsewhere).status_code == 201
+    assert client.get("/v1/status").json()["buffer"]["samples"] == 4
+
+
+def test_a_daemon_shutting_down_answers_503(client: TestClient) -> None:
+    daemon = client.app.state.daemon  # type: ignore[attr-defined]
+    daemon.jobs.shutdown()  # what the lifespan does first on SIGTERM; requests may still be in flight
+    response = client.post("/v1/drift", json={"type": "input", "context": "cam-1"})
+    assert response.status_code == 503 and "shutting down" in response.json()["error"]
+    daemon.store.close()  # and then the database closes
+    response = client.get("/v1/status")
+    assert response.status_code == 503 and "shutting down" in response.json()["error"]
+
+
+def test_a_version_whose_file_cannot_be_served_is_a_500_naming_it(client: TestClient, tmp_path: Path) -> None:
+    weights = tmp_path / "data" / "models" / "base.npz"
+    weights.write_bytes(b"not a weights file")
+    response = client.post("/v1/models/1/activate")
+    assert response.status_code == 500, response.text
+    body = response.json()
+    assert body["field"] == "version" and "model version 1" in body["error"] and "base.npz" in body["error"]
+    assert client.post("/v1/predict", json=encode_json_batch(colour_samples(2, 3).x.numpy(), None)).status_code == 200
+
+
+def test_openapi_describes_sample_bodies_and_every_error(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    for path in ("/v1/samples", "/v1/predict"):
+        operation = document["paths"][path]["post"]
+        content = operation["requestBody"]["content"]
+        assert set(content) == {"application/json", "application/octet-stream", "application/x-npy", "application/npy"}
+        forms = content["application/json"]["schema"]["oneOf"]
+        assert [sorted(f["required"]) for f in forms] == (
+            [["data", "dtype", "labels", "shape"], ["labels", "samples"]] if path == "/v1/samples"
+            else [["data", "dtype", "shape"], ["samples"]]
+        )
+        assert forms[0]["properties"]["shape"]["prefixItems"][1:] == [{"const": 3}, {"const": 32}, {"const": 32}]
+        names = {(p["in"], p["name"]) for p in operation["parameters"]}
+        assert {("query", n) for n in ("dtype", "shape", "labels", "context", "device_id")} <= names
+        assert {("header", n) for n in ("X-Dtype", "X-Shape", "X-Labels", "X-Context", "X-Device-Id")} <= names
+    statuses = {(path, method): set(op["responses"]) for path, item in document["paths"].items()
+                for method, op in item.items()}
+    assert statuses[("/v1/samples", "post")] == {"201", "400", "409", "413", "415", "422", "500", "503", "507"}
+    assert "202" in statuses[("/v1/drift", "post")] and "201" in statuses[("/v1/jobs", "post")]
+    for (path, method), codes in statuses.items():
+        assert "500" in codes, (path, method)
+        for code in codes - {"200", "201", "202"}:
+            schema = document["paths"][path][method]["responses"][code]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, method, code)
+    assert document["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    energy = document["paths"]["/v1/energy"]["get"]["responses"]["200"]
+    assert set(energy["content"]) == {"application/json", "text/csv"}
