@@ -4,13 +4,18 @@ Starts the daemon as a subprocess (the ``tbftd`` script beside this Python, else
 service.cli``) on 127.0.0.1 with a free ephemeral port, a temporary data directory and the
 estimating meter, waits for ``/healthz``, then measures:
 
-1. ingest throughput: batches of 64 uint8 samples posted to ``/v1/samples`` as
+1. durable ingest: batches of 64 uint8 samples posted to ``/v1/samples`` as
    ``application/octet-stream`` (the cheapest device path) and, for comparison, as base64 JSON,
-   over one keep-alive connection;
+   by one device over one keep-alive connection, then by eight devices at once (what group commit
+   is for); each with its p50/p99 and the store's commits per acknowledged batch (``/metrics``).
+   Every acknowledged batch is committed with ``synchronous=FULL``, so these are durable rates;
 2. ``/v1/predict`` latency (one sample per request) with the daemon idle and while a ``full`` job
    trains, and the ratio of the two p99s;
 3. peak resident memory (RSS, sampled every 0.1 s for the whole run) of the daemon and of its
-   trainer child, and of the two together.
+   trainer child, and of the two together;
+4. fsyncs per acknowledged batch, one device and eight: a second daemon runs under ``strace -f
+   --seccomp-bpf -e trace=fsync,fdatasync`` (only those calls stop it) and its calls are counted
+   around each ingest (skipped, and said so, where strace is not installed).
 
 One table with the figures, the targets and pass/fail, and JSON with every figure beside it.
 The daemon is stopped with SIGTERM (SIGKILL after a timeout) whatever happens.
@@ -48,6 +53,8 @@ import numpy as np
 #: The benchmark only ever talks to loopback.
 HOST = "127.0.0.1"
 BATCH_SAMPLES = 64
+#: Devices posting at once in the concurrent ingest runs: their requests meet in group commits.
+CONCURRENT_DEVICES = 8
 #: Targets from issue 4 (a 2-core machine; a 1 GB Raspberry Pi 3 must run the daemon).
 INGEST_TARGET_SAMPLES_PER_SECOND = 2000.0
 P99_RATIO_TARGET = 3.0
@@ -73,9 +80,10 @@ class BenchError(Exception):
 
 @dataclass
 class Ingest:
-    """Samples posted to ``/v1/samples`` in one wire form."""
+    """Samples posted to ``/v1/samples`` in one wire form by ``devices`` clients at once."""
 
     form: str
+    devices: int
     batches: int
     samples: int
     body_bytes: int
@@ -84,6 +92,10 @@ class Ingest:
     request_p50_ms: float
     request_p99_ms: float
     evicted: int
+    #: Store transactions committed per acknowledged batch (each commit is one fsync of the WAL).
+    commits_per_batch: float | None = None
+    #: fsync and fdatasync calls per acknowledged batch, counted by strace (None: not counted).
+    fsyncs_per_batch: float | None = None
 
 
 @dataclass
@@ -195,8 +207,11 @@ def _die_with_parent() -> Callable[[], None] | None:
 class Daemon:
     """A ``tbftd serve`` subprocess with its log file; :meth:`stop` ends it."""
 
-    def __init__(self, argv: list[str], log_path: Path, cwd: Path) -> None:
+    def __init__(self, argv: list[str], log_path: Path, cwd: Path, traced: bool = False) -> None:
         self.argv = argv
+        #: Started under strace: the daemon is strace's child, and SIGTERM must go to it (strace
+        #: itself would only detach and leave the daemon running).
+        self.traced = traced
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         # A file, not a pipe: a pipe nobody reads would fill and block the daemon's logging.
@@ -259,6 +274,16 @@ class Daemon:
             for child in psutil.Process(self.pid).children(recursive=True):
                 self.known_children.setdefault(child.pid, child)
 
+    def _terminate(self) -> None:
+        import psutil
+
+        if not self.traced:
+            self.process.send_signal(signal.SIGTERM)
+            return
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.pid).children():
+                child.send_signal(signal.SIGTERM)
+
     def stop(self, timeout_seconds: float) -> None:
         """SIGTERM, wait ``timeout_seconds``, then SIGKILL; then end children it left behind."""
         import psutil
@@ -267,7 +292,7 @@ class Daemon:
             if self.process.poll() is None:
                 self.remember_children()
                 started = time.monotonic()
-                self.process.send_signal(signal.SIGTERM)
+                self._terminate()
                 try:
                     self.process.wait(timeout_seconds)
                 except subprocess.TimeoutExpired:
@@ -434,9 +459,25 @@ def _check_response(response: Any, expected: int, what: str) -> dict[str, Any]:
 # --- measurements ------------------------------------------------------------------------------
 
 
+def store_counters(client: Any) -> tuple[float, float]:
+    """The store's writes and commits so far, from ``/metrics``."""
+    text = client.get("/metrics").text
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("tbftd_store_writes_total", "tbftd_store_commits_total"):
+            values[name] = float(value)
+    if len(values) != 2:
+        raise BenchError("/metrics lacks tbftd_store_writes_total or tbftd_store_commits_total")
+    return values["tbftd_store_writes_total"], values["tbftd_store_commits_total"]
+
+
 def measure_ingest(client: Any, form: str, batches: int, input_shape: tuple[int, int, int], num_classes: int,
-                   context: str) -> Ingest:
-    """Post ``batches`` batches of 64 samples in ``form`` (``octet-stream`` or ``json``)."""
+                   context: str, devices: int = 1, fsync_count: Callable[[], int] | None = None) -> Ingest:
+    """Post ``batches`` batches of 64 samples in ``form`` (``octet-stream`` or ``json``), from
+    ``devices`` threads at once, each over a keep-alive connection of its own."""
+    import httpx
+
     from service.payloads import encode_json_batch, encode_raw_batch
 
     # A few distinct bodies, encoded before the clock starts: the client's encoding is not the
@@ -453,22 +494,92 @@ def measure_ingest(client: Any, form: str, batches: int, input_shape: tuple[int,
     for body, params, headers in requests[:2]:  # warm-up: thread pool, reader connections
         _check_response(client.post("/v1/samples", content=body, params=params, headers=headers), 201, "ingest warm-up")
     times: list[float] = []
-    evicted = body_bytes = 0
+    totals = {"evicted": 0, "body_bytes": 0}
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def device(index: int) -> None:
+        mine = range(index, batches, devices)
+        try:
+            with httpx.Client(base_url=str(client.base_url), trust_env=False, timeout=60.0) as own:
+                for i in mine:
+                    body, params, headers = requests[i % len(requests)]
+                    t0 = time.perf_counter()
+                    response = own.post("/v1/samples", content=body, params=params, headers=headers)
+                    elapsed = time.perf_counter() - t0
+                    answer = _check_response(response, 201, f"ingest ({form})")
+                    if answer.get("accepted") != BATCH_SAMPLES:
+                        raise BenchError(f"ingest ({form}): {answer.get('accepted')} samples accepted of "
+                                         f"{BATCH_SAMPLES}")
+                    with lock:
+                        times.append(elapsed)
+                        totals["evicted"] += int(answer.get("evicted") or 0)
+                        totals["body_bytes"] += len(body)
+        except BaseException as exc:  # reported below, on the benchmark's thread
+            failures.append(exc)
+
+    writes_before, commits_before = store_counters(client)
+    fsyncs_before = fsync_count() if fsync_count else None
+    threads = [threading.Thread(target=device, args=(i,), name=f"device-{i}") for i in range(devices)]
     started = time.perf_counter()
-    for i in range(batches):
-        body, params, headers = requests[i % len(requests)]
-        t0 = time.perf_counter()
-        response = client.post("/v1/samples", content=body, params=params, headers=headers)
-        times.append(time.perf_counter() - t0)
-        answer = _check_response(response, 201, f"ingest ({form})")
-        if answer.get("accepted") != BATCH_SAMPLES:
-            raise BenchError(f"ingest ({form}): {answer.get('accepted')} samples accepted of {BATCH_SAMPLES}")
-        evicted += int(answer.get("evicted") or 0)
-        body_bytes += len(body)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     seconds = time.perf_counter() - started
+    if failures:
+        raise failures[0] if isinstance(failures[0], BenchError) else BenchError(f"ingest ({form}): {failures[0]!r}")
+    fsyncs = None if fsync_count is None or fsyncs_before is None else (fsync_count() - fsyncs_before) / batches
+    _, commits_after = store_counters(client)
     samples = batches * BATCH_SAMPLES
-    return Ingest(form, batches, samples, body_bytes, seconds, samples / seconds,
-                  percentile_ms(times, 50), percentile_ms(times, 99), evicted)
+    return Ingest(form, devices, batches, samples, totals["body_bytes"], seconds, samples / seconds,
+                  percentile_ms(times, 50), percentile_ms(times, 99), totals["evicted"],
+                  commits_per_batch=(commits_after - commits_before) / batches, fsyncs_per_batch=fsyncs)
+
+
+def strace_command() -> list[str] | None:
+    """The strace prefix that counts the daemon's fsyncs, or None where strace is missing."""
+    import shutil
+
+    found = shutil.which("strace")
+    if found is None:
+        return None
+    # --seccomp-bpf stops the daemon only at the traced calls, so the rest runs at full speed.
+    return [found, "-f", "-qq", "--seccomp-bpf", "-e", "trace=fsync,fdatasync", "-e", "signal=none"]
+
+
+def count_fsyncs(trace: Path) -> int:
+    """fsync and fdatasync calls strace has written to ``trace`` so far."""
+    try:
+        text = trace.read_text(errors="replace")
+    except FileNotFoundError:
+        return 0
+    return sum(1 for line in text.splitlines() if "fsync(" in line or "fdatasync(" in line)
+
+
+def measure_fsyncs(args: argparse.Namespace, workdir: Path, results: dict[str, Any], input_shape: tuple[int, int, int],
+                   num_classes: int) -> list[Ingest] | None:
+    """fsyncs per acknowledged batch with one device and with eight, on a daemon under strace."""
+    import httpx
+
+    prefix = strace_command()
+    if prefix is None:
+        results["fsyncs"] = {"skipped": "strace is not installed (apt-get install strace)"}
+        return None
+    trace = workdir / "fsyncs.trace"
+    daemon, base_url = start_daemon(args, workdir, results, key="fsync_daemon", name="fsyncs",
+                                    prefix=[*prefix, "-o", str(trace), "--"])
+    runs: list[Ingest] = []
+    try:
+        with httpx.Client(base_url=base_url, trust_env=False, timeout=60.0) as client:
+            for devices in (1, CONCURRENT_DEVICES):
+                runs.append(measure_ingest(client, "octet-stream", args.fsync_batches, input_shape, num_classes,
+                                           context=f"fsyncs-{devices}", devices=devices,
+                                           fsync_count=lambda: count_fsyncs(trace)))
+    finally:
+        daemon.stop(args.stop_timeout)
+    results["fsyncs"] = [asdict(run) for run in runs]
+    return runs
 
 
 def measure_predict(client: Any, requests: int, input_shape: tuple[int, int, int], condition: str) -> Latency:
@@ -611,10 +722,13 @@ def run_benchmark(args: argparse.Namespace, results: dict[str, Any]) -> None:
             with sampler, httpx.Client(base_url=base_url, trust_env=False, timeout=60.0) as client:
                 print(f"  ready in {results['daemon']['seconds_to_ready']:.1f} s; ingest", file=sys.stderr, flush=True)
                 results["ingest"] = []
-                for form in ("octet-stream", "json"):
-                    run = measure_ingest(client, form, args.batches, input_shape, num_classes, context=f"ingest-{form}")
+                for form, devices in (("octet-stream", 1), ("json", 1), ("octet-stream", CONCURRENT_DEVICES)):
+                    batches = args.batches if devices == 1 else 2 * args.batches
+                    run = measure_ingest(client, form, batches, input_shape, num_classes,
+                                         context=f"ingest-{form}-{devices}", devices=devices)
                     results["ingest"].append(asdict(run))
-                    print(f"  ingest {form}: {run.samples_per_second:,.0f} samples/s", file=sys.stderr, flush=True)
+                    print(f"  ingest {form}, {devices} device(s): {run.samples_per_second:,.0f} samples/s, "
+                          f"{run.commits_per_batch:.2f} commits per batch", file=sys.stderr, flush=True)
                 results["latency"] = []
                 idle = measure_predict(client, args.predict_requests, input_shape, "idle")
                 results["latency"].append(asdict(idle))
@@ -639,33 +753,39 @@ def run_benchmark(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 daemon.stop(args.stop_timeout)
                 results["daemon"].update(exit_code=daemon.exit_code, stop_seconds=daemon.stop_seconds,
                                          killed=daemon.killed)
+        # A daemon of its own, after the first has stopped: strace must not slow what was timed above.
+        print("  counting fsyncs per acknowledged batch under strace", file=sys.stderr, flush=True)
+        measure_fsyncs(args, Path(workdir), results, input_shape, num_classes)
 
 
-def start_daemon(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> tuple[Daemon, str]:
+def start_daemon(args: argparse.Namespace, workdir: Path, results: dict[str, Any], key: str = "daemon",
+                 name: str = "data", prefix: list[str] | None = None) -> tuple[Daemon, str]:
     """Start ``tbftd serve`` on a free loopback port and wait until it is ready; returns it and its URL.
 
-    Retries on a new port when another process took the port first; otherwise a daemon that does
-    not start is a :class:`BenchError` carrying the tail of its output.
+    Its data go to ``workdir / name``, what is known of it to ``results[key]``; ``prefix`` runs it
+    under another command (strace). Retries on a new port when another process took the port
+    first; otherwise a daemon that does not start is a :class:`BenchError` carrying the tail of
+    its output.
     """
     for attempt in range(3):
         port = free_port()
-        argv = daemon_command() + [
-            "--host", HOST, "--port", str(port), "--data-dir", str(workdir / "data"),
+        argv = [*(prefix or []), *daemon_command()] + [
+            "--host", HOST, "--port", str(port), "--data-dir", str(workdir / name),
             "--base-model", str(args.base_model), "--meter-kind", "estimate", "--baseline-seconds", "0",
             "--epochs", str(args.epochs), "--log-level", "info", *shlex.split(args.daemon_args),
         ]  # fmt: skip
         base_url = f"http://{HOST}:{port}"
-        daemon = Daemon(argv, workdir / f"daemon-{attempt}.log", cwd=workdir)
-        results["daemon"] = {"argv": argv, "pid": daemon.pid, "port": port}
+        daemon = Daemon(argv, workdir / f"{name}-daemon-{attempt}.log", cwd=workdir, traced=prefix is not None)
+        results[key] = {"argv": argv, "pid": daemon.pid, "port": port}
         print(f"starting the daemon on {base_url} (pid {daemon.pid})", file=sys.stderr, flush=True)
         try:
-            results["daemon"]["seconds_to_ready"] = daemon.wait_healthy(base_url, args.start_timeout)
+            results[key]["seconds_to_ready"] = daemon.wait_healthy(base_url, args.start_timeout)
             return daemon, base_url
         except BaseException as exc:
             daemon.stop(args.stop_timeout)
             tail = daemon.log_tail()
-            results["daemon"].update(exit_code=daemon.exit_code, stop_seconds=daemon.stop_seconds,
-                                     killed=daemon.killed, log_tail=tail)
+            results[key].update(exit_code=daemon.exit_code, stop_seconds=daemon.stop_seconds,
+                                killed=daemon.killed, log_tail=tail)
             if not isinstance(exc, BenchError):
                 raise
             if "address already in use" in tail.lower() and attempt < 2:
@@ -675,10 +795,15 @@ def start_daemon(args: argparse.Namespace, workdir: Path, results: dict[str, Any
 
 
 def checks(results: dict[str, Any]) -> list[Check]:
-    """The three targets against what was measured."""
-    ingest = {run["form"]: run for run in results.get("ingest", [])}
+    """The targets against what was measured."""
+    ingest = {(run["form"], run["devices"]): run for run in results.get("ingest", [])}
     latency = {run["condition"]: run for run in results.get("latency", [])}
-    raw = ingest.get("octet-stream", {}).get("samples_per_second")
+    # One device waits for every commit of its own: the durable rate's worst case.
+    raw = ingest.get(("octet-stream", 1), {}).get("samples_per_second")
+    fsync_runs = results.get("fsyncs")
+    grouped = None
+    if isinstance(fsync_runs, list):
+        grouped = next((r["fsyncs_per_batch"] for r in fsync_runs if r["devices"] == CONCURRENT_DEVICES), None)
     ratio = None
     if "idle" in latency and "training" in latency:
         ratio = latency["training"]["p99_ms"] / latency["idle"]["p99_ms"]
@@ -686,8 +811,11 @@ def checks(results: dict[str, Any]) -> list[Check]:
     job_ok = results.get("job", {}).get("running_throughout", False)
     trainer_seen = bool(results.get("memory", {}).get("trainer_pids"))
     return [
-        Check("ingest octet-stream samples/s", raw, f">= {INGEST_TARGET_SAMPLES_PER_SECOND:,.0f}",
+        Check("durable ingest octet-stream samples/s, 1 device", raw, f">= {INGEST_TARGET_SAMPLES_PER_SECOND:,.0f}",
               None if raw is None else raw >= INGEST_TARGET_SAMPLES_PER_SECOND),
+        # Group commit: devices posting at once share commits, so fewer than one fsync a batch.
+        Check(f"fsyncs per batch, {CONCURRENT_DEVICES} devices", grouped, "< 1",
+              None if grouped is None else grouped < 1.0),
         # A ratio measured after the job had ended says nothing about training: not a pass.
         Check("predict p99 training / idle", ratio, f"<= {P99_RATIO_TARGET:g}x",
               None if ratio is None else (ratio <= P99_RATIO_TARGET and job_ok)),
@@ -701,9 +829,18 @@ def format_table(results: dict[str, Any], checked: list[Check]) -> str:
     verdict = {True: "pass", False: "FAIL", None: "-"}
     rows: list[tuple[str, str, str, str]] = []
     for run in results.get("ingest", []):
-        rows.append((f"ingest {run['form']} ({BATCH_SAMPLES}/batch, {run['batches']} batches)",
+        devices = f"{run['devices']} device{'s' * (run['devices'] != 1)}"
+        rows.append((f"durable ingest {run['form']}, {devices} ({BATCH_SAMPLES}/batch, {run['batches']} batches)",
                      f"{run['samples_per_second']:,.0f} samples/s", "", ""))
         rows.append(("  request p50 / p99", f"{run['request_p50_ms']:.1f} / {run['request_p99_ms']:.1f} ms", "", ""))
+        rows.append(("  store commits per batch", f"{run['commits_per_batch']:.2f}", "", ""))
+    fsyncs = results.get("fsyncs")
+    if isinstance(fsyncs, dict):
+        rows.append(("fsyncs per batch", f"not counted: {fsyncs.get('skipped')}", "", ""))
+    for run in fsyncs if isinstance(fsyncs, list) else []:
+        rows.append((f"fsyncs per batch, {run['devices']} device{'s' * (run['devices'] != 1)} (strace, "
+                     f"{run['batches']} batches)", f"{run['fsyncs_per_batch']:.2f} "
+                     f"({run['commits_per_batch']:.2f} commits)", "", ""))
     for run in results.get("latency", []):
         rows.append((f"predict 1 sample, {run['condition']} ({run['requests']} requests)",
                      f"p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms", "", ""))
@@ -717,10 +854,10 @@ def format_table(results: dict[str, Any], checked: list[Check]) -> str:
             rows.append(("peak PSS daemon / trainer / sum (shared pages split)",
                          f"{memory['daemon_pss_peak_mb']:.0f} / {memory['trainer_pss_peak_mb']:.0f} / "
                          f"{memory['daemon_plus_trainer_pss_peak_mb']:.0f} MB", "", ""))
-    units = {"ingest octet-stream samples/s": "{:,.0f}", "predict p99 training / idle": "{:.2f}x",
-             "peak RSS daemon + trainer MB": "{:.0f} MB"}
     for c in checked:
-        value = "not measured" if c.value is None else units[c.name].format(c.value)
+        unit = "{:.2f}x" if "/ idle" in c.name else "{:.0f} MB" if c.name.endswith("MB") else \
+            "{:.2f}" if c.name.startswith("fsyncs") else "{:,.0f}"
+        value = "not measured" if c.value is None else unit.format(c.value)
         rows.append((c.name, value, c.target, verdict[c.passed]))
     header = ("measure", "value", "target", "result")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
@@ -743,10 +880,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from device.shipped import SHIPPED_BASE_MODEL
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20 ingest batches, 50 predicts, 300 job samples (CI)")
+    parser.add_argument("--quick", action="store_true",
+                        help="20 ingest batches, 50 predicts, 300 job samples, 40 strace'd batches (CI)")
     parser.add_argument("--base-model", type=Path, default=SHIPPED_BASE_MODEL,
                         help="checkpoint the daemon starts from (default: the shipped base model)")
     parser.add_argument("--batches", type=int, default=100, help="ingest batches per wire form")
+    parser.add_argument("--fsync-batches", type=int, default=100,
+                        help="batches per device count while fsyncs are counted under strace")
     parser.add_argument("--predict-requests", type=int, default=200, help="predictions idle and while training")
     parser.add_argument("--job-samples", type=int, default=1000, help="samples the job trains on")
     parser.add_argument("--epochs", type=int, default=50, help="the daemon's --epochs: the job must outlast the measurement")
@@ -759,8 +899,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="where to write the JSON (default: bench/results/api-<time>.json)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.batches, args.predict_requests, args.job_samples = 20, 50, 300
-    for name in ("batches", "predict_requests"):
+        args.batches, args.predict_requests, args.job_samples, args.fsync_batches = 20, 50, 300, 40
+    for name in ("batches", "predict_requests", "fsync_batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.job_samples < 50:
