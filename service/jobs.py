@@ -273,6 +273,9 @@ class JobManager:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
+            # From the claim on, as the database says: /v1/status must not show no job while one
+            # is running (loading its samples, measuring the idle baseline).
+            self._running_job = job.id
             try:
                 self._run(job)
             except Exception as exc:  # a bug or an I/O error must not kill the worker
@@ -355,7 +358,7 @@ class JobManager:
         events = context.Queue()
         stop = context.Event()
         joules = LiveJoules.create(context)
-        self._running_job, self._running_stop = job_id, stop
+        self._running_stop = stop
         if job_id in self._cancel_requested or self._closing.is_set():
             stop.set()
         window = EnergyWindow(self.meter, baseline_seconds=self.settings.baseline_seconds,

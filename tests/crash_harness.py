@@ -413,19 +413,32 @@ class FaultRun:
         finally:
             conn.close()
         problems += self._check_models(client, versions)
-        status = self._answer(client.get("/v1/status")) or {}
-        running_now = (status.get("running_job") or {}).get("id")
-        for job_id, state in states.items():
-            if state == "running" and job_id != running_now:
-                problems.append(f"job {job_id} is running, but the daemon runs {running_now}")
-        for job_id in sorted(self._seen_running):
-            if states.get(job_id) == "running" and job_id != running_now:
-                problems.append(f"job {job_id} was running at the fault and still is")
+        # Start-up turned every job left running into interrupted before /healthz answered, so a
+        # running one is the new daemon's; it must be the one it runs (read again while it changes).
+        for job_id in sorted(j for j, state in states.items() if state == "running"):
+            running_now = self._settled_running(client, job_id)
+            if running_now is not True:
+                fault = " (running at the fault)" if job_id in self._seen_running else ""
+                problems.append(f"job {job_id}{fault} is running, but the daemon runs {running_now}")
         interrupted = [j for j in sorted(self._seen_running) if states.get(j) == "interrupted"]
         # requeue_interrupted (on by default): each interrupted job has a queued successor.
         problems += [f"interrupted job {j} was not re-queued" for j in interrupted if j not in retried]
         self._seen_running = {j for j in self._seen_running if states.get(j) in ("running", "queued")}
         return interrupted, problems
+
+    def _settled_running(self, client: httpx.Client, job_id: int, timeout_seconds: float = 30.0) -> bool | int | None:
+        """True once ``job_id`` is the daemon's running job or no longer running (it was claimed or
+        finished between two reads); else what the daemon says it runs."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            status = self._answer(client.get("/v1/status")) or {}
+            running_now = (status.get("running_job") or {}).get("id")
+            job = self._answer(client.get(f"/v1/jobs/{job_id}")) or {}
+            if running_now == job_id or job.get("state") != "running":
+                return True
+            if time.monotonic() > deadline:
+                return running_now
+            time.sleep(0.1)
 
     def _check_samples(self, conn: sqlite3.Connection, *, every_byte: bool) -> list[str]:
         """Every acknowledged sample is stored; the bytes and labels of those acknowledged since the
@@ -486,8 +499,13 @@ class FaultRun:
                             headers={"content-type": "application/octet-stream"})
         if reply.status_code != 200:
             problems.append(f"/v1/predict answered {reply.status_code}: {reply.text[:200]}")
-        elif [reply.json()["model_version"]] != active:
-            problems.append(f"/v1/predict used version {reply.json()['model_version']}, the active one is {active}")
+        else:
+            # A job may promote a version between the snapshot and the prediction: either is right.
+            active_after = (self._answer(client.get("/v1/models")) or {}).get("active")
+            served = reply.json()["model_version"]
+            if served not in (*active, active_after) or len(active) != 1:
+                problems.append(f"/v1/predict used version {served}, the active one is {active} "
+                                f"(then {active_after})")
         return problems
 
 
