@@ -89,6 +89,8 @@ PREDICT_SAMPLES = 4
 SAMPLE_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
 CONTEXT = "pi-install"
+#: Where Debian's qemu-user-static puts its binfmt_misc entry for systemd-binfmt.
+SYSTEMD_BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _LOG_TAIL_CHARS = 3000
 # pip prints sizes with decimal units (pip._internal.utils.misc.format_size).
@@ -329,11 +331,17 @@ def preflight() -> list[str]:
         changes.append("mounted binfmt_misc")
     entry = binfmt / "qemu-aarch64"
     if not entry.exists() or not entry.read_text().startswith("enabled"):
-        if shutil.which("update-binfmts") is None:
+        if shutil.which("update-binfmts") is not None:
+            capture(["update-binfmts", "--enable", "qemu-aarch64"])
+            changes.append("enabled qemu-aarch64 in binfmt_misc")
+        elif not entry.exists() and SYSTEMD_BINFMT_CONF.exists():
+            # qemu-user-static installs systemd's binfmt.d entry; without systemd running (a
+            # container) nothing registers it, so write it to the kernel as systemd-binfmt would.
+            (binfmt / "register").write_text(SYSTEMD_BINFMT_CONF.read_text().strip())
+            changes.append(f"registered qemu-aarch64 from {SYSTEMD_BINFMT_CONF}")
+        else:
             raise HostError("qemu-aarch64 is not registered with binfmt_misc "
                             "(apt-get install qemu-user-static binfmt-support)")
-        capture(["update-binfmts", "--enable", "qemu-aarch64"])
-        changes.append("enabled qemu-aarch64 in binfmt_misc")
     if not entry.exists() or not entry.read_text().startswith("enabled"):
         raise HostError("qemu-aarch64 is still not enabled in binfmt_misc")
     return changes
