@@ -53,6 +53,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -175,6 +176,13 @@ def split_quickstart(command: str) -> tuple[list[str], str]:
     return parts[:-1], parts[-1]
 
 
+def record(report: Report, step: Step) -> None:
+    """Append ``step`` to the report; a failed step ends the run with its result as the reason."""
+    report.steps.append(step)
+    if not step.ok:
+        raise InstallError(f"{step.name}: {step.result}")
+
+
 # --- processes -----------------------------------------------------------------------------
 
 
@@ -281,12 +289,10 @@ def unmount_all_under(root: Path) -> list[str]:
 @contextlib.contextmanager
 def chroot_mounts(root: Path) -> Iterator[None]:
     """/proc, /sys, /dev (a bind of the host's) and a private /dev/shm inside ``root`` for the block's length."""
-    made: list[Path] = []
 
     def mount(argv: list[str], point: Path) -> None:
         point.mkdir(parents=True, exist_ok=True)
         capture(["mount", *argv, str(point)])
-        made.append(point)
 
     try:
         mount(["-t", "proc", "proc"], root / "proc")
@@ -300,9 +306,6 @@ def chroot_mounts(root: Path) -> Iterator[None]:
         mount(["-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "shm"], root / "dev" / "shm")
         yield
     finally:
-        for point in reversed(made):
-            if subprocess.run(["umount", str(point)], capture_output=True, check=False).returncode != 0:
-                subprocess.run(["umount", "--lazy", str(point)], capture_output=True, check=False)
         unmount_all_under(root)
 
 
@@ -413,9 +416,9 @@ def directory_bytes(path: Path) -> int:
     for directory, _, files in os.walk(path):
         for name in files:
             with contextlib.suppress(OSError):
-                stat = os.lstat(os.path.join(directory, name))
-                if not os.path.islink(os.path.join(directory, name)):
-                    total += stat.st_size
+                status = os.lstat(os.path.join(directory, name))
+                if not stat.S_ISLNK(status.st_mode):
+                    total += status.st_size
     return total
 
 
@@ -623,6 +626,14 @@ def raw_query(shape: Sequence[int], labels: Sequence[int] | None) -> str:
     return urllib.parse.urlencode(params, safe=",")
 
 
+def timed_http(method: str, url: str, body: bytes | None = None, content_type: str | None = None,
+               timeout_seconds: float = 600.0) -> tuple[int, Any, float]:
+    """:func:`http`, with the seconds the request took."""
+    start = time.perf_counter()
+    status, answer = http(method, url, body, content_type, timeout_seconds)
+    return status, answer, time.perf_counter() - start
+
+
 def exercise_daemon(base_url: str, report: Report, timeout_seconds: float) -> None:
     """POST a batch and a prediction and read the status, as a device would; each a step."""
     generator = random.Random(0)
@@ -630,46 +641,35 @@ def exercise_daemon(base_url: str, report: Report, timeout_seconds: float) -> No
     labels = [i % NUM_CLASSES for i in range(BATCH_SAMPLES)]
     body = generator.randbytes(BATCH_SAMPLES * sample_bytes)
     url = f"{base_url}/v1/samples?{raw_query((BATCH_SAMPLES, *SAMPLE_SHAPE), labels)}"
-    start = time.perf_counter()
-    status, answer = http("POST", url, body, "application/octet-stream", timeout_seconds)
-    seconds = time.perf_counter() - start
+    status, answer, seconds = timed_http("POST", url, body, "application/octet-stream", timeout_seconds)
     accepted = answer.get("accepted") if isinstance(answer, dict) else None
     ok = status == 201 and accepted == BATCH_SAMPLES
-    report.steps.append(Step(f"POST /v1/samples ({BATCH_SAMPLES} x uint8 3x32x32)", seconds, ok,
-                             f"{status}, accepted {accepted}" + ("" if ok else f": FAIL {str(answer)[:300]}"),
-                             {"status": status, "answer": answer, "body_bytes": len(body)}))
-    if not ok:
-        raise InstallError(f"POST /v1/samples answered {status}: {str(answer)[:500]}")
+    record(report, Step(f"POST /v1/samples ({BATCH_SAMPLES} x uint8 3x32x32)", seconds, ok,
+                        f"{status}, accepted {accepted}" + ("" if ok else f": FAIL {str(answer)[:300]}"),
+                        {"status": status, "answer": answer, "body_bytes": len(body)}))
 
     body = generator.randbytes(PREDICT_SAMPLES * sample_bytes)
     url = f"{base_url}/v1/predict?{raw_query((PREDICT_SAMPLES, *SAMPLE_SHAPE), None)}"
-    start = time.perf_counter()
-    status, answer = http("POST", url, body, "application/octet-stream", timeout_seconds)
-    seconds = time.perf_counter() - start
+    status, answer, seconds = timed_http("POST", url, body, "application/octet-stream", timeout_seconds)
     classes = answer.get("classes") if isinstance(answer, dict) else None
     version = answer.get("model_version") if isinstance(answer, dict) else None
     ok = (status == 200 and isinstance(classes, list) and len(classes) == PREDICT_SAMPLES
           and all(isinstance(c, int) and 0 <= c < NUM_CLASSES for c in classes) and version is not None)
-    report.steps.append(Step(f"POST /v1/predict ({PREDICT_SAMPLES} samples)", seconds, ok,
-                             f"{status}, classes {classes}, model_version {version}"
-                             + ("" if ok else f": FAIL {str(answer)[:300]}"),
-                             {"status": status, "classes": classes, "model_version": version}))
-    if not ok:
-        raise InstallError(f"POST /v1/predict answered {status}: {str(answer)[:500]}")
+    record(report, Step(f"POST /v1/predict ({PREDICT_SAMPLES} samples)", seconds, ok,
+                        f"{status}, classes {classes}, model_version {version}"
+                        + ("" if ok else f": FAIL {str(answer)[:300]}"),
+                        {"status": status, "classes": classes, "model_version": version}))
 
-    start = time.perf_counter()
-    status, answer = http("GET", f"{base_url}/v1/status", timeout_seconds=timeout_seconds)
-    seconds = time.perf_counter() - start
+    status, answer, seconds = timed_http("GET", f"{base_url}/v1/status", timeout_seconds=timeout_seconds)
     ok = status == 200 and isinstance(answer, dict)
     report.daemon["status"] = answer
     meter = answer.get("meter") or {} if ok else {}
     buffered = (answer.get("buffer") or {}).get("samples") if ok else None
     ok = ok and buffered == BATCH_SAMPLES
-    report.steps.append(Step("GET /v1/status", seconds, ok,
-                             f"{status}, model {answer.get('model_version') if ok else '?'}, {buffered} samples "
-                             f"buffered, meter {meter.get('kind')} ({meter.get('source')})", {"status": status}))
-    if not ok:
-        raise InstallError(f"GET /v1/status answered {status}: {str(answer)[:500]}")
+    record(report, Step("GET /v1/status", seconds, ok,
+                        f"{status}, model {answer.get('model_version') if ok else '?'}, {buffered} samples "
+                        f"buffered, meter {meter.get('kind')} ({meter.get('source')})"
+                        + ("" if ok else f": FAIL {str(answer)[:300]}"), {"status": status}))
 
 
 def stop_daemon(daemon: subprocess.Popen[bytes], timeout_seconds: float) -> Step:
@@ -727,10 +727,7 @@ def run_quickstart(root: Path, args: argparse.Namespace, logs: Path, report: Rep
         if not ok:
             raise InstallError(f"{part!r} exited {returncode} inside the chroot (log {log}):\n{tail(log)}")
 
-    step = inspect_venv(root, logs, report)
-    report.steps.append(step)
-    if not step.ok:
-        raise InstallError(step.result)
+    record(report, inspect_venv(root, logs, report))
 
     port = args.port if args.port is not None else DEFAULT_PORT
     serve = serve_part
@@ -853,9 +850,7 @@ def run(args: argparse.Namespace, report: Report) -> None:
         shutil.copy2(interpreter.resolve(), target)
     step, facts = check_arch(root, logs)
     report.machine.update(facts)
-    report.steps.append(step)
-    if not step.ok:
-        raise InstallError(step.result)
+    record(report, step)
     if args.host_ca:
         step = install_host_ca(root, logs)
         report.steps.append(step)
