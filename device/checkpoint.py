@@ -7,7 +7,8 @@ A tbftd checkpoint is a ``torch.save`` of a plain dict::
 
 so it loads with ``weights_only=True`` (no pickled code) and rebuilds the model without guessing
 its architecture, classes, input shape or normalisation. A bare state dict (the paper's released
-files) loads too when the caller names the architecture with a :class:`ModelConfig`.
+files) loads too: the architecture is read from its tensors' shapes
+(:meth:`ModelConfig.from_tensor_shapes`) unless the caller names it with a :class:`ModelConfig`.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def load_checkpoint(
     """Load a tbftd checkpoint or a bare state dict onto the CPU.
 
     For a tbftd checkpoint the stored configuration is used; a ``config`` given as well must agree
-    with it. A bare state dict needs ``config`` (its architecture cannot be read from the keys
-    reliably). Tensors saved on a GPU are mapped to the CPU. Any mismatch raises
+    with it. For a bare state dict without ``config`` the configuration is read from its tensors'
+    shapes, and ``extra["config_inferred"]`` says so. Tensors saved on a GPU are mapped to the CPU. Any mismatch raises
     :class:`CheckpointError` naming the missing and unexpected keys or the differing shapes.
     """
     try:
@@ -100,13 +101,14 @@ def load_checkpoint(
         extra = dict(payload.get("extra") or {})
         config = stored
     elif isinstance(payload, dict) and payload and all(isinstance(v, Tensor) for v in payload.values()):
-        if config is None:
-            raise CheckpointError(
-                f"{path}: a bare state dict carries no architecture; pass a ModelConfig "
-                "(for example ModelConfig(num_classes=10, input_size=32))"
-            )
         state_dict = payload
         extra = {}
+        if config is None:
+            try:
+                config = ModelConfig.from_tensor_shapes({k: tuple(v.shape) for k, v in payload.items()})
+            except ValueError as exc:
+                raise CheckpointError(f"{path}: a bare state dict whose architecture cannot be read: {exc}") from exc
+            extra["config_inferred"] = config.to_dict()
     else:
         raise CheckpointError(f"{path}: neither a tbftd checkpoint nor a state dict of tensors")
 

@@ -6,6 +6,8 @@ with :mod:`device.numpy_model`, can read a model's shape and normalisation witho
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,6 +64,29 @@ class ModelConfig:
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
         return data
+
+    @classmethod
+    def from_tensor_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> ModelConfig:
+        """The configuration a bare ResNet-26 state dict was trained with, read from its tensors'
+        shapes: classes from ``fc``'s rows, input channels and width from ``conv1``, and the input
+        size from ``fc``'s width (the pooled side is fixed by the head: 32 px pools to 1×1 and a
+        64-wide ``fc``, 128 px to 4×4 and 1024). Normalisation is not in the tensors: the paper's
+        mean and std of 0.5. A ValueError names the tensor that does not fit."""
+        for key, rank in (("conv1.weight", 4), ("fc.weight", 2)):
+            if key not in shapes or len(shapes[key]) != rank:
+                raise ValueError(f"no {rank}-d {key!r} tensor: not a pre-activation ResNet-26 state dict")
+        stem_out, in_channels = shapes["conv1.weight"][:2]
+        num_classes, fc_in = shapes["fc.weight"]
+        if stem_out % 16 != 0:
+            raise ValueError(f"conv1.weight has {stem_out} output channels; a ResNet-26 stem has 16 per unit of width")
+        width = stem_out // 16
+        cells, rest = divmod(fc_in, 64 * width)
+        side = math.isqrt(cells)
+        if rest or side * side != cells or side == 0:
+            raise ValueError(f"fc.weight reads {fc_in} features, not {64 * width} channels pooled over a square")
+        return cls(num_classes=num_classes, in_channels=in_channels, width=width,
+                   input_size=side * DOWNSAMPLE * POOL_KERNEL,
+                   mean=(0.5,) * in_channels, std=(0.5,) * in_channels)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:

@@ -74,7 +74,9 @@ class FinetuneConfig:
     statistics: the estimates settle long before a thousand samples, and every sample costs a
     full forward pass (None: all of them). ``track_suffix_statistics`` (``adapt``/``adapted``
     only): whether the statistics behind the block follow the training batches (see the module's
-    docstring for why a short small-batch job holds them instead).
+    docstring for why a short small-batch job holds them instead). ``channels_last`` runs the
+    job's convolutions in the NHWC memory layout (the same arithmetic in another order; the model
+    is handed back in the default layout).
     """
 
     epochs: int = 10
@@ -94,6 +96,7 @@ class FinetuneConfig:
     eval_batch_size: int = 256
     bn_samples: int | None = 512
     track_suffix_statistics: bool = True
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -240,6 +243,7 @@ def finetune(
         run.close()
         for name, p in model.named_parameters():
             p.requires_grad_(original_grad[name])
+        model.to(memory_format=torch.contiguous_format)
         model.eval()
     result.seconds = time.perf_counter() - started
     result.cpu_seconds = time.process_time() - cpu_started
@@ -291,12 +295,8 @@ class _Run:
     def execute(self) -> FinetuneResult:
         model, spec, config = self.model, self.spec, self.config
         model.eval()
-        if self.before is None:
-            self.before = evaluate_batches(model, self.val.images, self.val.y, config.eval_batch_size)
-        self.report(Progress("prepare", 0, config.epochs, 0, 0, float("nan"), 0.0, self.before.loss, self.before.accuracy))
-        self.check_stop()
-
         if not spec.trains_weights:
+            self._evaluate_before(model, self.val.images)
             recalibrate_batchnorm(model, self._bn_subset(), config.eval_batch_size, self.should_stop)
             model.eval()
             after = evaluate_batches(model, self.val.images, self.val.y, config.eval_batch_size)
@@ -307,22 +307,31 @@ class _Run:
         # A whole-model job adapts them by training in train mode, as plain fine-tuning does.
         recalibrated = config.bn_mode == "adapt" and spec.name != "full"
         if recalibrated:
+            self._evaluate_before(model, self.val.images)
             recalibrate_batchnorm(model, self._bn_subset(), config.eval_batch_size, self.should_stop)
         for p in model.parameters():
             p.requires_grad_(False)
         trainable = [p for module in block_modules(model, spec) for p in module.parameters()]
         for p in trainable:
             p.requires_grad_(True)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
 
         model.eval()
         train_source = self._source(self.train, config.cache_budget_bytes)
         val_source = self._source(self.val, max(0, config.cache_budget_bytes - train_source.memory_bytes))
 
         def tail(features: Tensor) -> Tensor:
+            if config.channels_last and features.dim() == 4:
+                features = features.contiguous(memory_format=torch.channels_last)
             return model.forward_stages(features, spec.start, len(STAGES))
 
-        # Re-estimated statistics change the model; otherwise it is still the one evaluated before.
-        best = evaluate_batches(tail, val_source.batch, self.val.y, config.eval_batch_size) if recalibrated else self.before
+        if recalibrated:
+            # Re-estimated statistics changed the model: evaluate it as training starts.
+            best = evaluate_batches(tail, val_source.batch, self.val.y, config.eval_batch_size)
+        else:
+            # The model is still the one to evaluate "before": read the cached prefix, not the model twice.
+            best = self._evaluate_before(tail, val_source.batch)
         self._best_state = copy.deepcopy(model.state_dict())
         optimizer = torch.optim.SGD(
             trainable,
@@ -338,6 +347,15 @@ class _Run:
             best, best_epoch = self._train_epochs(tail, train_source, val_source, optimizer, generator, best, batches)
         model.load_state_dict(self._best_state)
         return self.result(best, best_epoch=best_epoch, cache=train_source.kind, epochs_run=self.epochs_run)
+
+    def _evaluate_before(self, forward: Callable[[Tensor], Tensor], images: Callable[[Tensor], Tensor]) -> Evaluation:
+        """The model on ``val`` as the job found it (unless the caller evaluated it already), reported."""
+        if self.before is None:
+            self.before = evaluate_batches(forward, images, self.val.y, self.config.eval_batch_size)
+        self.report(Progress("prepare", 0, self.config.epochs, 0, 0, float("nan"), 0.0,
+                             self.before.loss, self.before.accuracy))
+        self.check_stop()
+        return self.before
 
     def _train_epochs(
         self,
@@ -438,7 +456,7 @@ class _Run:
         block_state: dict[str, Tensor] = {}
         if not cancelled:
             state = self.model.state_dict()
-            block_state = {k: state[k].detach().clone() for k in block_state_keys(self.model, self.spec)}
+            block_state = {k: state[k].detach().contiguous().clone() for k in block_state_keys(self.model, self.spec)}
         return FinetuneResult(
             block=self.spec.name,
             bn_mode=self.config.bn_mode,

@@ -74,9 +74,10 @@ class ModelRegistry:
                 # model must fail start-up clearly before anything is recorded.
                 if Path(self.base_model).resolve() == SHIPPED_BASE_MODEL:
                     atomic_write_bytes(weights_path_for(target), SHIPPED_BASE_WEIGHTS.read_bytes())
+                    atomic_write_bytes(target, Path(self.base_model).read_bytes())
                 else:
-                    convert_checkpoint(Path(self.base_model), weights_path_for(target))
-                atomic_write_bytes(target, Path(self.base_model).read_bytes())
+                    # Stored self-describing: a bare state dict's architecture is read once, here.
+                    convert_checkpoint(Path(self.base_model), weights_path_for(target), described=target)
                 version = self.store.add_model_version(
                     target, notes=f"base model from {self.base_model}", activate=True
                 )
@@ -156,9 +157,12 @@ class ModelRegistry:
         return loaded.version, loaded.model.predict(x)
 
 
-def convert_checkpoint(checkpoint: Path, weights: Path) -> Path:
-    """Write ``weights`` for ``checkpoint`` in a child process (see the module docstring)."""
+def convert_checkpoint(checkpoint: Path, weights: Path, described: Path | None = None) -> Path:
+    """Write ``weights`` for ``checkpoint`` in a child process (see the module docstring), and with
+    ``described`` the checkpoint as a tbftd checkpoint there."""
     command = [sys.executable, "-m", "device.weights_export", str(checkpoint), str(weights)]
+    if described is not None:
+        command.append(str(described))
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=CONVERSION_TIMEOUT_SECONDS, check=False)
     except subprocess.TimeoutExpired:

@@ -295,6 +295,27 @@ def test_predict_and_rollback(client: TestClient) -> None:
     assert client.post("/v1/models/42/activate").status_code == 404
 
 
+def test_a_bare_state_dict_serves_as_the_base_model_with_its_architecture_read(tmp_path: Path) -> None:
+    """The paper's checkpoints are plain state dicts: 17 classes at 128 px for Living17 (here 5 at 64 px)."""
+    torch.manual_seed(3)
+    network = ResNet26(ModelConfig(num_classes=5, input_size=64)).eval()
+    bare = tmp_path / "paper.pth"
+    torch.save(network.state_dict(), bare)
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
+    with TestClient(create_app(make_settings(tmp_path, bare))) as client:
+        reply = client.post("/v1/predict", json=encode_json_batch(images, None))
+        assert reply.status_code == 200, reply.text
+        assert np.asarray(reply.json()["probabilities"]).shape == (3, 5)
+        expected = predict(network, images)
+        np.testing.assert_allclose(reply.json()["probabilities"], expected.probabilities, atol=1e-5)
+        wrong = client.post("/v1/predict", json=encode_json_batch(images[:, :, :32, :32], None))
+        assert wrong.status_code in (400, 422) and "64" in wrong.text
+        base = client.get("/v1/models").json()["versions"][0]
+    # Stored self-describing: trainers read the architecture from the file, not from shapes again.
+    stored = load_checkpoint(base["path"])
+    assert stored.config == network.config and "config_inferred" in stored.extra
+
+
 def test_running_jobs_left_by_a_crash_become_interrupted(tmp_path: Path, base_model_path: Path) -> None:
     settings = make_settings(tmp_path, base_model_path)
     settings.data_dir.mkdir(parents=True)

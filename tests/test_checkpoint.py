@@ -39,13 +39,32 @@ def test_written_checkpoints_are_readable_by_others(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o644
 
 
-def test_bare_state_dict_with_paper_keys_needs_and_accepts_an_architecture(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("classes", "size", "width"), [(10, 32, 1), (17, 128, 1), (5, 64, 2)])
+def test_a_bare_state_dict_loads_with_the_architecture_read_from_its_tensors(
+    tmp_path: Path, classes: int, size: int, width: int
+) -> None:
+    config = ModelConfig(num_classes=classes, input_size=size, width=width)
+    saved = ResNet26(config)
     path = tmp_path / "paper.pth"
-    torch.save(ResNet26().state_dict(), path)
-    with pytest.raises(CheckpointError, match="bare state dict"):
+    torch.save(saved.state_dict(), path)
+    loaded = load_checkpoint(path)
+    assert loaded.config == config
+    assert loaded.extra["config_inferred"] == config.to_dict()
+    x = torch.rand(2, 3, size, size)
+    assert torch.equal(loaded.model(x), saved.eval()(x))
+    assert load_checkpoint(path, config=config).extra == {}
+
+
+def test_a_bare_state_dict_that_is_no_resnet26_says_which_tensor_does_not_fit(tmp_path: Path) -> None:
+    state = ResNet26().state_dict()
+    state["fc.weight"] = torch.zeros(10, 100)  # 100 features: no square pooling of 64 channels
+    path = tmp_path / "odd.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="fc.weight reads 100 features"):
         load_checkpoint(path)
-    loaded = load_checkpoint(path, config=ModelConfig(num_classes=10))
-    assert loaded.model.fc.out_features == 10
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match="no 4-d 'conv1.weight'"):
+        load_checkpoint(path)
 
 
 def test_mismatched_checkpoints_name_the_keys_and_shapes(tmp_path: Path) -> None:
