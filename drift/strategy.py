@@ -22,6 +22,7 @@ from torch import Tensor
 
 from device.blocks import BLOCK_NAMES
 from device.finetune import FinetuneConfig, Progress, finetune, keeps_epoch
+from device.profiles import DEFAULT_PROFILE, rung_settings
 from device.inference import Evaluation, evaluate_batches
 from device.model import ResNet26
 from device.samples import Samples
@@ -47,7 +48,8 @@ DEFAULT_LADDERS: dict[str, tuple[str, ...]] = {
 DEFAULT_TOLERANCE = 0.02
 #: Shortfall to the target (fraction) under which the next rung is not worth its energy.
 DEFAULT_MIN_SHORTFALL = 0.01
-#: Fine-tuning settings of each rung, over the job's (``FinetuneConfig`` fields): ``batch_size``
+#: Fine-tuning settings of each rung, over the job's (``FinetuneConfig`` fields): the ``tbftd``
+#: profile of :mod:`device.profiles`, which hinted jobs run with too. ``batch_size``
 #: replaces the job's, ``epochs`` only ever lowers it, ``lr`` applies only when the job leaves the
 #: learning rate to the engine. Why small batches: on a CPU a sample costs the same time whatever
 #: the batch it is in, while SGD progresses per step, and the paper's 128-sample batches give a few
@@ -78,23 +80,13 @@ DEFAULT_MIN_SHORTFALL = 0.01
 #: reaches 78.9% in two epochs held against 65.9% tracked, and on CIFAR-10 contrast 5 ends at 78%
 #: held where tracked it fell from 65% to 28%. Held statistics also spare the tracking hooks' work
 #: in every training step.
-_SHORT_EARLY_BLOCK: dict[str, float | int] = {
-    "batch_size": 16, "epochs": 3, "min_epochs": 2, "min_gain": 0.02, "loss_tolerance": 0.1, "bn_samples": 128,
-    "track_suffix_statistics": False,
-}
-DEFAULT_RUNG_SETTINGS: dict[str, dict[str, float | int]] = {
-    "bn": {"bn_samples": 128},
-    "block1": dict(_SHORT_EARLY_BLOCK),
-    "block2": dict(_SHORT_EARLY_BLOCK),
-    "block3": {"batch_size": 16, "epochs": 3, "bn_samples": 128},
-    "fc": {"batch_size": 16, "bn_samples": 128},
-}
+DEFAULT_RUNG_SETTINGS: dict[str, dict[str, Any]] = rung_settings(DEFAULT_PROFILE)
 #: ``FinetuneConfig`` fields that take whole numbers (rung settings may give them as floats).
 _INTEGER_SETTINGS = frozenset(
     name for name, hint in get_type_hints(FinetuneConfig).items() if hint is int or int in get_args(hint)
 )
 #: Every rung with the job's own settings (the paper's, by default): the baselines' settings.
-PAPER_RUNG_SETTINGS: dict[str, dict[str, float | int]] = {}
+PAPER_RUNG_SETTINGS: dict[str, dict[str, Any]] = rung_settings("paper")
 #: Relabel gain (see :data:`drift.detect.RELABEL_GAIN`) from which a ladder for input or feature
 #: drift ends with ``fc``: below the output threshold, but a consistent confusion beside the
 #: detected drift, as when a corruption and a relabelling arrive together (contrast 5 with a
@@ -128,7 +120,7 @@ class AdaptConfig:
     relabel_hint: float | None = RELABEL_HINT
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(patience=DEFAULT_PATIENCE))
     ladders: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_LADDERS))
-    rung_settings: Mapping[str, Mapping[str, float | int]] = field(
+    rung_settings: Mapping[str, Mapping[str, Any]] = field(
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RUNG_SETTINGS.items()}
     )
 

@@ -39,7 +39,7 @@ from service.error_guard import ErrorGuard
 from service.jobs import JobError, JobManager, ShuttingDown
 from service.model_registry import ModelFileError, ModelRegistry
 from service.payloads import PayloadError, SampleBatch, decode_samples
-from service.settings import Settings
+from service.settings import FinetuneProfile, Settings
 from service.store import BufferFull, MixedSamples, NotFound, Store, StoreClosed
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ class JobRequest(BaseModel):
     context: str = Field(default="default", pattern=CONTEXT_PATTERN)
     block: Literal["block1", "block2", "block3", "fc", "full", "bn"] | None = None
     drift_type: Literal["input", "feature", "output", "auto"] | None = None
+    profile: FinetuneProfile | None = Field(
+        default=None, description="Fine-tuning profile of this job (default: the daemon's `finetune_profile`).")
 
 
 def create_app(settings: Settings, *, meter: Meter | None = None) -> FastAPI:
@@ -319,7 +321,7 @@ def _add_routes(app: FastAPI, *, token_required: bool) -> None:
     def post_job(body: JobRequest, request: Request) -> dict[str, Any]:
         if (body.block is None) == (body.drift_type is None):
             raise PayloadError("give exactly one of block or drift_type", "block")
-        job = _daemon(request).jobs.submit(body.context, body.block or body.drift_type or "")
+        job = _daemon(request).jobs.submit(body.context, body.block or body.drift_type or "", body.profile)
         return job.to_dict()
 
     @app.get("/v1/jobs", responses=errors(422, 503))

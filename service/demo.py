@@ -68,18 +68,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Start a daemon on a temporary directory with an emulated UM25C meter, act as a "
         "device posting drifted samples, and compare, for each drift type, the block the drift "
         "type maps to with a full fine-tune of the same samples from the same model: accuracy, "
-        "seconds and joules. With the defaults, six jobs of 8 epochs: a few minutes on a 2-core machine.",
+        "seconds and joules. The jobs run with the daemon's default fine-tuning profile (the full fine-tune "
+        "with the paper's settings): a few minutes on a 2-core machine.",
     )
     demo.add_argument("--train-samples", type=int, default=500,
                       help="drifted samples posted per drift type (default 500; the daemon holds 20%% out for validation)")
     demo.add_argument("--test-samples", type=int, default=500,
                       help="held-out drifted images per drift type that accuracy is measured on (default 500)")
     demo.add_argument("--clean-samples", type=int, default=200, help="clean samples posted first (default 200)")
-    demo.add_argument("--epochs", type=int, default=8, help="epochs per job (default 8)")
-    demo.add_argument("--batch-size", type=int, default=32,
-                      help="the daemon's training batch size (default 32: a few hundred samples make only "
-                      "4 steps an epoch at the paper's 128, too few for fc to learn new labels; 32 is the "
-                      "micro-batch anyway, so it costs no more time)")
+    demo.add_argument("--profile", choices=("tbftd", "paper"), default="tbftd",
+                      help="the daemon's fine-tuning profile (default tbftd, the daemon's default)")
+    demo.add_argument("--epochs", type=int, help="most epochs of every job (default: the profile's)")
+    demo.add_argument("--batch-size", type=int, help="training batch size of every job (default: the profile's)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the generated data and of training (default 0)")
     demo.add_argument("--drift", action="append", choices=DRIFT_TYPES,
                       help="run only this drift type (repeatable; default: all three)")
@@ -128,10 +128,11 @@ class DemoDaemon:
     and removes the directory. Safe to call twice.
     """
 
-    def __init__(self, port: int | None, epochs: int, batch_size: int, seed: int) -> None:
+    def __init__(self, port: int | None, profile: str, epochs: int | None, batch_size: int | None, seed: int) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="tbftd-demo-"))
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.profile = profile
         self.epochs = epochs
         self.batch_size = batch_size
         self.seed = seed
@@ -154,7 +155,9 @@ class DemoDaemon:
             sys.executable, "-m", "service.cli", "serve",
             "--port", str(self.port), "--data-dir", str(self.directory / "data"),
             "--meter-port", meter_port, "--meter-kind", "um25c",
-            "--epochs", str(self.epochs), "--batch-size", str(self.batch_size), "--seed", str(self.seed),
+            "--finetune-profile", self.profile, "--seed", str(self.seed),
+            *(["--epochs", str(self.epochs)] if self.epochs is not None else []),
+            *(["--batch-size", str(self.batch_size)] if self.batch_size is not None else []),
             # Each drift type adds two versions; the base must survive pruning for the rollbacks.
             "--keep-versions", str(2 * len(DRIFT_TYPES) + 2),
             # The demo is its daemon's only client and waits while a job trains, so the trainer need
@@ -211,12 +214,12 @@ class DemoDaemon:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; see the module docstring."""
-    if args.train_samples < 40 or args.test_samples < 10 or args.clean_samples < 10 or args.epochs < 1:
-        raise CLIError("give at least 40 training, 10 test and 10 clean samples and 1 epoch")
-    if args.batch_size < 1:
-        raise CLIError("--batch-size must be at least 1")
+    if args.train_samples < 40 or args.test_samples < 10 or args.clean_samples < 10:
+        raise CLIError("give at least 40 training, 10 test and 10 clean samples")
+    if (args.epochs is not None and args.epochs < 1) or (args.batch_size is not None and args.batch_size < 1):
+        raise CLIError("--epochs and --batch-size must be at least 1")
     started = time.monotonic()
-    daemon = DemoDaemon(args.port, args.epochs, args.batch_size, args.seed)
+    daemon = DemoDaemon(args.port, args.profile, args.epochs, args.batch_size, args.seed)
     with _sigterm_as_interrupt():
         try:
             daemon.start()
@@ -225,6 +228,13 @@ def run_demo(args: argparse.Namespace) -> int:
             status = daemon.stop()
             if status not in (0, None):
                 print(f"tbftd demo: the daemon exited with status {status}", file=sys.stderr)
+
+
+def _overrides(args: argparse.Namespace) -> str:
+    """The profile's settings the command line replaced, for the heading."""
+    given = [f"{name} {value}" for name, value in (("epochs", args.epochs), ("batch size", args.batch_size))
+             if value is not None]
+    return f" ({', '.join(given)})" if given else ""
 
 
 def _run(args: argparse.Namespace, daemon: DemoDaemon, started: float) -> int:
@@ -250,7 +260,7 @@ def _run(args: argparse.Namespace, daemon: DemoDaemon, started: float) -> int:
     print(f"base model: version {base_version}, {_percent(base_accuracy)} on {half} clean held-out images "
           f"({half} clean samples posted to context cam-clean)")
     print(f"each drift type starts from version {base_version}; {args.train_samples} drifted samples, "
-          f"{args.epochs} epochs of batches of {args.batch_size}, accuracy on {args.test_samples} held-out "
+          f"fine-tuning profile {args.profile}{_overrides(args)}, accuracy on {args.test_samples} held-out "
           "drifted images\n")
 
     outcomes = [_run_drift(client, drift, scenarios[drift], base_version) for drift in drifts]

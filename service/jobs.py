@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from device.profiles import profile_settings
 from drift.types import DriftType, resolve_target
 from energy.meter import Meter, MeterSample
 from energy.window import EnergyWindow
@@ -43,6 +44,22 @@ PROGRESS_WRITE_INTERVAL_SECONDS = 1.0
 SHUTDOWN_MARGIN_SECONDS = 15.0
 #: The span of the daily energy budget: a rolling 24 hours, not a calendar day (no time zones).
 DAY_SECONDS = 24 * 3600.0
+
+
+def finetune_settings(settings: Settings, block: str, profile: str) -> dict[str, Any]:
+    """The fine-tuning settings of a ``block`` job under ``profile`` (``device.profiles``), with the
+    daemon's explicit settings over them. An ``auto`` job gets the daemon's settings only: its
+    ladder applies the profile rung by rung."""
+    values: dict[str, Any] = {} if block == AUTO else dict(profile_settings(profile, block))
+    for name in ("epochs", "batch_size", "bn_mode"):
+        if getattr(settings, name) is not None:
+            values[name] = getattr(settings, name)
+    return {
+        **values,
+        "micro_batch_size": settings.micro_batch_size,
+        "eval_batch_size": settings.micro_batch_size,
+        "cache_budget_bytes": settings.cache_budget_bytes,
+    }
 
 
 class JobError(Exception):
@@ -168,8 +185,9 @@ class JobManager:
                 job = self._start_auto_if_due(context)
             return job
 
-    def submit(self, context: str, target: str) -> Job:
-        """Queue a job now (``POST /v1/jobs``), whatever the hints say."""
+    def submit(self, context: str, target: str, profile: str | None = None) -> Job:
+        """Queue a job now (``POST /v1/jobs``), whatever the hints say; ``profile`` overrides
+        ``finetune_profile`` for this job."""
         block, drift_type = self._resolve(target)
         with self._schedule_lock:
             self._check_open()
@@ -180,7 +198,9 @@ class JobManager:
             if pending is not None:
                 raise JobError(f"context {context!r} already has job {pending.id} {pending.state}")
             waiting = [h.id for h in self.store.waiting_hints(context)]
-            job = self.store.create_job(context, block=block, drift_type=drift_type, requested_by="api", hint_ids=waiting)
+            params = {"finetune_profile": profile} if profile is not None else None
+            job = self.store.create_job(context, block=block, drift_type=drift_type, requested_by="api",
+                                        hint_ids=waiting, params=params)
         self._wake.set()
         return job
 
@@ -310,28 +330,25 @@ class JobManager:
         del x
         output = self.registry.candidate_path(job.id)
         block = job.block or "full"
+        profile = str((job.params or {}).get("finetune_profile") or self.settings.finetune_profile)
+        finetune = finetune_settings(self.settings, block, profile)
         task = TrainerTask(
             job_id=job.id,
             block=block,
             model_path=str(self.store.get_version(active.version).path),
             samples_path=str(samples_path),
             output_path=str(output),
-            finetune={
-                "epochs": self.settings.epochs,
-                "batch_size": self.settings.batch_size,
-                "micro_batch_size": self.settings.micro_batch_size,
-                "eval_batch_size": self.settings.micro_batch_size,
-                "bn_mode": self.settings.bn_mode,
-                "cache_budget_bytes": self.settings.cache_budget_bytes,
-            },
+            finetune=finetune,
             val_fraction=self.settings.val_fraction,
             seed=self.settings.seed,
             threads=self.settings.trainer_thread_count(),
             nice=self.settings.trainer_nice,
-            auto={"tolerance": self.settings.auto_tolerance, "budget_joules": self.job_budget_joules()},
+            auto={"tolerance": self.settings.auto_tolerance, "budget_joules": self.job_budget_joules(),
+                  "profile": profile},
         )
         self.store.update_job(job.id, model_version_in=active.version, sample_count=len(ids),
-                              sample_ids=[ids[0], ids[-1]] if ids else None)
+                              sample_ids=[ids[0], ids[-1]] if ids else None,
+                              params={**(job.params or {}), "finetune_profile": profile, "finetune": finetune})
         try:
             outcome, payload, energy = self._train(job.id, task)
         finally:

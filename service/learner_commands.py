@@ -34,8 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     tune.add_argument("--block", choices=("block1", "block2", "block3", "fc", "full", "bn"),
                       help="strategy to run (default: the block the drift type maps to)")
     tune.add_argument("--train-size", type=int, default=1000)
-    tune.add_argument("--epochs", type=int, default=10)
-    tune.add_argument("--bn-mode", choices=("adapt", "frozen"), default="adapt")
+    tune.add_argument("--profile", choices=("tbftd", "paper"), default="tbftd",
+                      help="fine-tuning settings: the daemon's default, or the paper's (README, Fine-tuning profiles)")
+    tune.add_argument("--epochs", type=int, help="most epochs (default: the profile's)")
+    tune.add_argument("--bn-mode", choices=("adapt", "frozen"), help="BatchNorm mode (default: the profile's)")
     tune.add_argument("--corruption", default="gaussian_noise", help="input drift corruption")
     tune.add_argument("--severity", type=int, default=5, choices=range(1, 6), metavar="1..5")
     tune.add_argument("--checkpoint", type=Path, help="base model checkpoint (default: the shipped one)")
@@ -72,6 +74,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from device.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from device.finetune import FinetuneConfig, Progress, finetune
     from device.inference import predict
+    from device.profiles import profile_settings
     from device.samples import Samples
     from device.shipped import load_shipped_base_model
     from drift.scenarios import shapes_scenario
@@ -104,7 +107,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         elif progress.phase == "validate" and progress.val_accuracy is not None:
             printer.note(f"epoch {progress.epoch}: val loss {progress.val_loss:.3f}, val accuracy {100 * progress.val_accuracy:.1f}%")
 
-    config = FinetuneConfig(epochs=args.epochs, bn_mode=args.bn_mode, seed=args.seed)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("bn_mode", args.bn_mode)) if v is not None}
+    config = FinetuneConfig(**{**profile_settings(args.profile, block), **overrides, "seed": args.seed})
     result = finetune(model, block, Samples.from_arrays(scenario.train.x, scenario.train.y),
                       Samples.from_arrays(scenario.val.x, scenario.val.y), config, on_progress=on_progress)
     printer.finish()

@@ -48,6 +48,8 @@ DEFAULT_DATA_DIR = Path("tbftd-data")
 # (tests check they agree). Literals here so reading settings imports neither pyserial nor torch.
 MeterKind = Literal["auto", "um", "um24c", "um25c", "um34c", "line", "estimate"]
 BNMode = Literal["adapt", "frozen"]
+#: ``device.profiles.PROFILES`` (tests check they agree).
+FinetuneProfile = Literal["tbftd", "paper"]
 BlockName = Literal["block1", "block2", "block3", "fc", "full", "bn"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -175,11 +177,25 @@ class Settings:
     block_for_input: BlockName = setting("block1", "Block fine-tuned for input-level drift.")
     block_for_feature: BlockName = setting("block3", "Block fine-tuned for feature-level drift.")
     block_for_output: BlockName = setting("fc", "Block fine-tuned for output-level drift.")
-    epochs: int = setting(
-        10, "Training epochs per job (early stopping may end it sooner).", minimum=1
+    finetune_profile: FinetuneProfile = setting(
+        "tbftd",
+        "Fine-tuning settings of a job's block: `tbftd`, short jobs in batches of 16 measured on "
+        "real CIFAR-10 and Shapes-40 (README, *Fine-tuning profiles*), or `paper`, the paper's "
+        "10 epochs of 128 with early stopping. A job may ask for either; `full` is the paper's in both.",
     )
-    batch_size: int = setting(
-        128, "Training batch size (the optimizer's step; the paper's 128).", minimum=1
+    epochs: int | None = setting(
+        None,
+        "Most training epochs per job (early stopping may end it sooner). Default: the profile's "
+        "(`tbftd`: 3 for blocks, 10 for `fc` and `full`; `paper`: 10).",
+        minimum=1,
+        example=10,
+    )
+    batch_size: int | None = setting(
+        None,
+        "Training batch size (the optimizer's step). Default: the profile's (`tbftd`: 16; "
+        "`paper` and `full`: 128).",
+        minimum=1,
+        example=128,
     )
     micro_batch_size: int = setting(
         16,
@@ -195,10 +211,12 @@ class Settings:
         minimum=0,
         size=True,
     )
-    bn_mode: BNMode = setting(
-        "adapt",
+    bn_mode: BNMode | None = setting(
+        None,
         "BatchNorm statistics of frozen layers: `adapt` re-estimates them on the job's samples, "
-        "`frozen` keeps the source statistics.",
+        "`frozen` keeps the source statistics. Default: the profile's (`adapt`, but `frozen` for "
+        "`fc` under `tbftd`: output drift leaves the inputs as they were).",
+        example="adapt",
     )
     val_fraction: float = setting(
         0.2,

@@ -217,6 +217,7 @@ def _detect_and_adapt(task: TrainerTask, model: Any, train: Any, val: Any, confi
                       emit: Callable[[tuple[str, Any]], None], on_progress: Callable[[Any], None],
                       should_stop: Callable[[], bool],
                       energy_used: Callable[[], float] | None) -> tuple[dict[str, Any], bool]:
+    from device.profiles import DEFAULT_PROFILE, rung_settings
     from drift.strategy import AdaptConfig, StepResult, detect_and_adapt
 
     def on_step(step: StepResult) -> None:
@@ -226,6 +227,7 @@ def _detect_and_adapt(task: TrainerTask, model: Any, train: Any, val: Any, confi
         tolerance=float(task.auto.get("tolerance", 0.02)),
         budget_joules=task.auto.get("budget_joules"),
         finetune=config,
+        rung_settings=rung_settings(str(task.auto.get("profile") or DEFAULT_PROFILE)),
     )
     result = detect_and_adapt(model, train, val, source, adapt_config, energy_used=energy_used,
                               on_progress=on_progress, should_stop=should_stop, on_step=on_step)

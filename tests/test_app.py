@@ -316,6 +316,24 @@ def test_a_bare_state_dict_serves_as_the_base_model_with_its_architecture_read(t
     assert stored.config == network.config and "config_inferred" in stored.extra
 
 
+def test_a_job_runs_with_its_fine_tuning_profile_and_records_what_it_ran(tmp_path: Path, base_model_path: Path) -> None:
+    settings = make_settings(tmp_path, base_model_path, epochs=None, batch_size=None)
+    with TestClient(create_app(settings)) as client:
+        post_colour_samples(client, 100, 1)
+        bad = client.post("/v1/jobs", json={"context": "cam-1", "block": "fc", "profile": "fast"})
+        assert bad.status_code == 422 and "profile" in bad.text
+        default = client.post("/v1/jobs", json={"context": "cam-1", "block": "block1"}).json()
+        default = wait_for_job(client, default["id"])
+        paper = client.post("/v1/jobs", json={"context": "cam-1", "block": "block1", "profile": "paper"}).json()
+        paper = wait_for_job(client, paper["id"])
+    assert default["state"] == paper["state"] == "succeeded"
+    assert default["params"]["finetune_profile"] == "tbftd" and paper["params"]["finetune_profile"] == "paper"
+    assert default["params"]["finetune"]["batch_size"] == 16 and default["params"]["finetune"]["epochs"] == 3
+    assert "batch_size" not in paper["params"]["finetune"] and "epochs" not in paper["params"]["finetune"]
+    # What the trainer ran: the short profile stops by its third epoch, the paper's runs up to ten.
+    assert default["progress"]["result"]["epochs_run"] <= 3 < paper["progress"]["result"]["epochs_run"]
+
+
 def test_running_jobs_left_by_a_crash_become_interrupted(tmp_path: Path, base_model_path: Path) -> None:
     settings = make_settings(tmp_path, base_model_path)
     settings.data_dir.mkdir(parents=True)

@@ -17,6 +17,7 @@ from service.settings import (
     SETTINGS_BY_NAME,
     BlockName,
     BNMode,
+    FinetuneProfile,
     MeterKind,
     Settings,
     SettingsError,
@@ -281,11 +282,13 @@ def test_example_config_is_valid_toml_and_uncomments_to_valid_settings(tmp_path:
 
 def test_literal_choices_agree_with_the_modules_they_configure() -> None:
     from device.finetune import BN_MODES
+    from device.profiles import PROFILES
     from drift.types import BLOCK_NAMES
     from energy.discovery import KINDS
 
     assert set(typing.get_args(MeterKind)) == {"auto", *KINDS}
     assert typing.get_args(BNMode) == BN_MODES
+    assert typing.get_args(FinetuneProfile) == PROFILES
     assert typing.get_args(BlockName) == BLOCK_NAMES
 
 
