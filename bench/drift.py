@@ -48,7 +48,19 @@ SINGLE_STRATEGIES = ("block1", "block2", "block3", "fc", "bn")
 #: ``full`` with the small batches and few epochs of the ladder's block1 rung: not a target, but it
 #: shows how much of auto's saving the rung settings alone would give full fine-tuning.
 FULL_AT_RUNG_SETTINGS = "full16"
-BASELINES = (*SINGLE_STRATEGIES, "full", FULL_AT_RUNG_SETTINGS)
+#: The job a drift hint starts: the block of the scenario's true drift type (the paper's map) with
+#: the daemon's default fine-tuning profile. Judged against the paper-settings block and ``full``.
+HINTED = "hinted"
+BASELINES = (*SINGLE_STRATEGIES, "full", FULL_AT_RUNG_SETTINGS, HINTED)
+#: The block a hint of each drift type fine-tunes (``drift.types``' default map).
+HINT_BLOCK = {"input": "block1", "feature": "block3", "output": "fc"}
+#: Where the paper's checkpoint and the CIFAR-10 subset are looked for (``--reference``).
+DEFAULT_REFERENCE = ROOT.parent / "shared" / "reference"
+#: The issue's hinted-job targets: within a point of both references on this share of input
+#: scenarios, and the hinted job's CPU seconds against ``full`` per drift type.
+HINTED_WITHIN_TARGET = 0.90
+HINTED_RATIO_TARGETS = {"input": 0.35, "feature": 0.35, "output": 0.10}
+HINTED_MEAN_RATIO_TARGET = 0.25
 
 #: The issue's targets.
 DETECTION_TARGET = 0.90
@@ -198,11 +210,13 @@ def _scenario_job(
     finetune_settings: dict[str, Any],
     seed: int,
     threads: int,
+    true_type: str = "none",
 ) -> dict[str, Any]:
     """Runs in a fresh process: ``auto`` and then each baseline on a fresh copy of the base model."""
     import torch
 
     from device.finetune import FinetuneConfig, finetune
+    from device.profiles import DEFAULT_PROFILE, profile_settings
     from device.samples import Samples
     from drift.detect import DetectorConfig, detect
     from drift.source_stats import SourceStatistics
@@ -255,6 +269,9 @@ def _scenario_job(
         block, block_config = strategy, config
         if strategy == FULL_AT_RUNG_SETTINGS:
             block, block_config = "full", AdaptConfig(finetune=config).finetune_for("block1")
+        elif strategy == HINTED:
+            block = HINT_BLOCK[true_type]
+            block_config = FinetuneConfig(**{**profile_settings(DEFAULT_PROFILE, block), "seed": seed})
         wall_started, cpu_started = time.perf_counter(), time.process_time()
         outcome = finetune(model, block, train, val, block_config)
         baselines[strategy] = {
@@ -341,9 +358,12 @@ def run_benchmark(args: argparse.Namespace, on_result: OnResult | None = None) -
                      test_x=data.test.x, test_y=data.test.y, num_classes=data.num_classes)
             # The controls need no baselines: the only right answer there is to run nothing.
             strategies = [] if scenario.true_type == "none" else list(args.strategies)
+            # A hint names one drift type: composites have no hinted job to compare.
+            hintable = len(scenario.components) <= 1 and scenario.true_type in HINT_BLOCK
+            strategies = [s for s in strategies if s != HINTED or hintable]
             with context.Pool(1) as pool:
                 figures = pool.apply(_scenario_job, (arrays_path, args.checkpoint, source, strategies,
-                                                     finetune_settings, args.seed, args.threads))
+                                                     finetune_settings, args.seed, args.threads, scenario.true_type))
             result = ScenarioResult(
                 name=scenario.name,
                 true_type=scenario.true_type,
@@ -534,6 +554,53 @@ def evaluate_targets(results: list[ScenarioResult]) -> list[dict[str, Any]]:
                         f"{as_run.detection_ratio_to_full or 0.0:.1%} "
                         f"({as_run.name}: {as_run.baselines['full'].epochs} epochs run)",
             })
+    targets.extend(hinted_targets(results))
+    return targets
+
+
+def hinted_targets(results: list[ScenarioResult]) -> list[dict[str, Any]]:
+    """The hinted job against the paper-settings block and ``full``: accuracy on input drift, CPU
+    seconds per drift type and their mean over the types measured."""
+    targets: list[dict[str, Any]] = []
+    hinted = [r for r in results if HINTED in r.baselines and "full" in r.baselines]
+    inputs = [r for r in hinted if r.true_type == "input" and "block1" in r.baselines]
+    if inputs:
+        def holds(r: ScenarioResult) -> bool:
+            got = r.baselines[HINTED].accuracy_after
+            return all(100 * (r.baselines[k].accuracy_after - got) <= WITHIN_BEST_POINTS + 1e-9 for k in ("block1", "full"))
+
+        held = [r for r in inputs if holds(r)]
+        targets.append({
+            "target": f"hinted block1 within {WITHIN_BEST_POINTS:g} point of paper block1 and of full on ≥ {HINTED_WITHIN_TARGET:.0%}",
+            "measured": f"{len(held)}/{len(inputs)} = {len(held) / len(inputs):.1%} (input scenarios)",
+            "met": len(held) / len(inputs) >= HINTED_WITHIN_TARGET,
+            "misses": [f"{r.name} ({100 * r.baselines[HINTED].accuracy_after:.1f} vs block1 "
+                       f"{100 * r.baselines['block1'].accuracy_after:.1f}, full {100 * r.baselines['full'].accuracy_after:.1f})"
+                       for r in inputs if not holds(r)],
+        })
+    ratios: dict[str, float] = {}
+    for kind, bound in HINTED_RATIO_TARGETS.items():
+        group = [r for r in hinted if r.true_type == kind]
+        if not group:
+            continue
+        ratio = sum(r.baselines[HINTED].cpu_seconds for r in group) / sum(r.baselines["full"].cpu_seconds for r in group)
+        ratios[kind] = ratio
+        targets.append({
+            "target": f"hinted {HINT_BLOCK[kind]} CPU s ≤ {bound:.2f} of full ({kind} drift)",
+            "measured": f"{ratio:.2f} over {len(group)} scenarios",
+            "met": ratio <= bound,
+            "misses": [f"{r.name} ({r.baselines[HINTED].cpu_seconds / r.baselines['full'].cpu_seconds:.2f})"
+                       for r in group if r.baselines[HINTED].cpu_seconds > bound * r.baselines["full"].cpu_seconds],
+            "misses_are": "above the ratio",
+        })
+    if ratios:
+        mean = sum(ratios.values()) / len(ratios)
+        targets.append({
+            "target": f"hinted CPU s, mean over the drift types, ≤ {HINTED_MEAN_RATIO_TARGET:.2f} of full",
+            "measured": f"{mean:.2f} over {', '.join(ratios)}",
+            "met": mean <= HINTED_MEAN_RATIO_TARGET,
+            "misses": [],
+        })
     return targets
 
 
@@ -576,8 +643,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="one scenario of each kind and a control, 200 training samples, 2 epochs (CI)")
-    parser.add_argument("--data", help=".npz with x_train/y_train/x_test/y_test (real data, e.g. the CIFAR-10 subset)")
-    parser.add_argument("--checkpoint", help="base model: a tbftd checkpoint or a bare state dict (default: the shipped model)")
+    parser.add_argument("--suites", nargs="+", choices=("shapes", "cifar10"), default=["shapes", "cifar10"],
+                        help="generated Shapes-40 with the shipped model, and the real CIFAR-10 subset with the paper's "
+                             "checkpoint (run when found under --reference)")
+    parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE,
+                        help=f"folder with cifar10-subset.npz and tbft-resnet26-cifar10.pth (default: {DEFAULT_REFERENCE})")
+    parser.add_argument("--data", help="real data instead of the reference subset: .npz with x_train/y_train/x_test/y_test")
+    parser.add_argument("--checkpoint", help="base model of the real data: a tbftd checkpoint or a bare state dict")
     parser.add_argument("--scenarios", nargs="+", metavar="NAME",
                         help="run only these scenarios (a name or a prefix, e.g. input/ or composite/)")
     parser.add_argument("--train-size", type=int, default=300)
@@ -599,10 +671,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch threads per strategy (default: the cores minus one, as the daemon's trainer)")
     parser.add_argument("--json", type=Path, help="where to write the JSON (default: bench/results/drift-<time>.json)")
     args = parser.parse_args(argv)
-    if args.test_size is None:
-        args.test_size = 500 if args.data else 1000
     if args.quick:
-        args.train_size, args.val_size, args.test_size, args.epochs, args.source_size = 200, 100, 200, 2, 500
+        args.train_size, args.val_size, args.epochs, args.source_size = 200, 100, 2, 500
     return args
 
 
@@ -634,12 +704,41 @@ def write_json(out: Path, args: argparse.Namespace, results: list[ScenarioResult
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    suites: list[tuple[str, str | None, str | None]] = []
+    if "shapes" in args.suites:
+        suites.append(("shapes", None, None))
+    if "cifar10" in args.suites:
+        data = args.data or str(args.reference / "cifar10-subset.npz")
+        checkpoint = args.checkpoint or str(args.reference / "tbft-resnet26-cifar10.pth")
+        missing = [path for path in (data, checkpoint) if not Path(path).is_file()]
+        if missing:
+            print(f"note: no real-data run: {', '.join(missing)} not found (the paper's checkpoint and the CIFAR-10 "
+                  "subset; --reference DIR or --data/--checkpoint)", file=sys.stderr)
+        else:
+            suites.append(("cifar10", data, checkpoint))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name, data, checkpoint in suites:
+        suite_args = copy.copy(args)
+        suite_args.data, suite_args.checkpoint = data, checkpoint
+        if suite_args.test_size is None:
+            suite_args.test_size = 500 if data else 1000
+        if args.quick:
+            suite_args.test_size = 200
+        base = args.json or Path(__file__).parent / "results" / f"drift-{stamp}.json"
+        suite_args.json = base.with_name(f"{base.stem}-{name}{base.suffix}") if len(suites) > 1 else base
+        print(f"\n===== suite: {name} =====\n", flush=True)
+        run_suite(suite_args)
+    return 0
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    """One suite: every scenario, the summary and the targets; JSON to ``args.json``."""
     source = f"data {args.data}" if args.data else "generated Shapes-40 scenarios"
     model = args.checkpoint or "the shipped base model"
     print(f"drift benchmark: {source}, {model}, {args.train_size}/{args.val_size}/{args.test_size} "
           f"train/val/test samples, {args.epochs} epochs (patience {args.patience}), {args.threads} threads",
           file=sys.stderr)
-    out = args.json or Path(__file__).parent / "results" / f"drift-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = args.json
     started = time.perf_counter()
     load_before = os.getloadavg()
 

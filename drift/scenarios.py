@@ -97,15 +97,19 @@ def array_scenario(
     severity: int = 5,
     label_map: LabelMap | None = None,
     name: str = "data",
+    val_size: int | None = None,
 ) -> DriftScenario:
     """A scenario on real arrays: fine-tune on ``pool[:train_size]``, split ``held_out`` into
-    validation and test. Only ``input`` and ``output`` drift can be made from plain labelled data."""
+    validation and test, or with ``val_size`` validate on the next ``val_size`` images of ``pool``
+    and test on all of ``held_out``. Only ``input`` and ``output`` drift can be made from plain
+    labelled data."""
     kind = parse_drift_type(drift)
-    if train_size > len(pool):
-        raise ValueError(f"train_size {train_size} exceeds the {len(pool)} images available")
+    wanted = train_size + (val_size or 0)
+    if wanted > len(pool):
+        raise ValueError(f"{wanted} training and validation images exceed the {len(pool)} available")
     num_classes = int(max(pool.y.max(), held_out.y.max())) + 1
-    xs = [pool.x[:train_size], held_out.x]
-    ys = [pool.y[:train_size], held_out.y]
+    xs = [pool.x[:wanted], held_out.x]
+    ys = [pool.y[:wanted], held_out.y]
     if kind is DriftType.input:
         xs = [corrupt(x, corruption, severity, seed=seed + i) for i, x in enumerate(xs)]
         description = f"{corruption} at severity {severity}"
@@ -115,6 +119,10 @@ def array_scenario(
         description = f"labels remapped ({label_map.name})"
     else:
         raise ValueError("feature drift needs data with a sub-population structure; use shapes_scenario")
+    if val_size:
+        train = Split(xs[0][:train_size], ys[0][:train_size].astype(np.int64))
+        val = Split(xs[0][train_size:], ys[0][train_size:].astype(np.int64))
+        return DriftScenario(f"{name}/{kind.value}", kind, description, train, val, Split(xs[1], ys[1].astype(np.int64)))
     n_val = round(len(held_out) * val_fraction)
     return DriftScenario(
         f"{name}/{kind.value}",

@@ -22,9 +22,9 @@ from torch import Tensor
 
 from device.blocks import BLOCK_NAMES
 from device.finetune import FinetuneConfig, Progress, finetune, keeps_epoch
-from device.profiles import DEFAULT_PROFILE, rung_settings
 from device.inference import Evaluation, evaluate_batches
 from device.model import ResNet26
+from device.profiles import DEFAULT_PROFILE, rung_settings
 from device.samples import Samples
 from drift.detect import Detection, DetectorConfig, detect
 from drift.source_stats import SourceStatistics
@@ -49,7 +49,9 @@ DEFAULT_TOLERANCE = 0.02
 #: Shortfall to the target (fraction) under which the next rung is not worth its energy.
 DEFAULT_MIN_SHORTFALL = 0.01
 #: Fine-tuning settings of each rung, over the job's (``FinetuneConfig`` fields): the ``tbftd``
-#: profile of :mod:`device.profiles`, which hinted jobs run with too. ``batch_size``
+#: profile of :mod:`device.profiles`, which hinted jobs run with too, except that the ladder's
+#: block1 and block2 take a third epoch only while the second still paid (``min_gain``, below): a
+#: ladder has a target to stop at, a hinted job has not. ``batch_size``
 #: replaces the job's, ``epochs`` only ever lowers it, ``lr`` applies only when the job leaves the
 #: learning rate to the engine. Why small batches: on a CPU a sample costs the same time whatever
 #: the batch it is in, while SGD progresses per step, and the paper's 128-sample batches give a few
@@ -80,7 +82,10 @@ DEFAULT_MIN_SHORTFALL = 0.01
 #: reaches 78.9% in two epochs held against 65.9% tracked, and on CIFAR-10 contrast 5 ends at 78%
 #: held where tracked it fell from 65% to 28%. Held statistics also spare the tracking hooks' work
 #: in every training step.
-DEFAULT_RUNG_SETTINGS: dict[str, dict[str, Any]] = rung_settings(DEFAULT_PROFILE)
+DEFAULT_RUNG_SETTINGS: dict[str, dict[str, Any]] = {
+    strategy: {**settings, **({"min_epochs": 2, "min_gain": 0.02} if strategy in ("block1", "block2") else {})}
+    for strategy, settings in rung_settings(DEFAULT_PROFILE).items()
+}
 #: ``FinetuneConfig`` fields that take whole numbers (rung settings may give them as floats).
 _INTEGER_SETTINGS = frozenset(
     name for name, hint in get_type_hints(FinetuneConfig).items() if hint is int or int in get_args(hint)

@@ -160,9 +160,9 @@ class DemoDaemon:
             *(["--batch-size", str(self.batch_size)] if self.batch_size is not None else []),
             # Each drift type adds two versions; the base must survive pruning for the rollbacks.
             "--keep-versions", str(2 * len(DRIFT_TYPES) + 2),
-            # The demo is its daemon's only client and waits while a job trains, so the trainer need
-            # not leave it a core or yield to it: every core, normal priority.
-            "--trainer-threads", str(_cores()), "--trainer-nice", "0",
+            # The demo is its daemon's only client and waits while a job trains: the trainer need not
+            # yield to it. Its threads are the daemon's choice, the cores free as each job starts.
+            "--trainer-nice", "0",
         ]  # fmt: skip
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
@@ -392,12 +392,6 @@ def _scenario(drift: str, args: argparse.Namespace) -> DriftScenario:
 
 def _percent(fraction: float) -> str:
     return f"{100 * fraction:.1f}%"
-
-
-def _cores() -> int:
-    """The cores this process may run on."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, cores or 1)
 
 
 def _free_port() -> int:

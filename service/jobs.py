@@ -26,6 +26,7 @@ from device.profiles import profile_settings
 from drift.types import DriftType, resolve_target
 from energy.meter import Meter, MeterSample
 from energy.window import EnergyWindow
+from service.cores import trainer_threads
 from service.model_registry import ModelRegistry
 from service.settings import Settings
 from service.store import Hint, Job, Store
@@ -341,7 +342,7 @@ class JobManager:
             finetune=finetune,
             val_fraction=self.settings.val_fraction,
             seed=self.settings.seed,
-            threads=self.settings.trainer_thread_count(),
+            threads=trainer_threads(self.settings.trainer_threads),
             nice=self.settings.trainer_nice,
             auto={"tolerance": self.settings.auto_tolerance, "budget_joules": self.job_budget_joules(),
                   "profile": profile},

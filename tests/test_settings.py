@@ -48,7 +48,7 @@ def test_defaults() -> None:
     assert settings.min_samples == 200 and settings.max_body_bytes == 16 * 1024 * 1024
     assert settings.sources["port"] == "default"
     assert settings.block_mapping().feature == "block3"
-    assert settings.trainer_thread_count() >= 1
+    assert settings.trainer_threads is None
 
 
 def test_precedence_defaults_file_environment_flags(tmp_path: Path) -> None:
@@ -149,7 +149,7 @@ def test_text_values(tmp_path: Path) -> None:
     assert settings.max_body_bytes == 1024 * 1024 and settings.max_buffer_bytes == 2 * 1024**3
     assert settings.requeue_interrupted is False
     assert settings.meter_port is None and settings.meter_kind == "um25c"
-    assert settings.trainer_thread_count() == 3
+    assert settings.trainer_threads == 3
     assert settings.base_model == Path("~/base.pt").expanduser()
 
 
