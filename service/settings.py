@@ -211,12 +211,10 @@ class Settings:
         minimum=0,
         size=True,
     )
-    bn_mode: BNMode | None = setting(
-        None,
+    bn_mode: BNMode = setting(
+        "adapt",
         "BatchNorm statistics of frozen layers: `adapt` re-estimates them on the job's samples, "
-        "`frozen` keeps the source statistics. Default: the profile's (`adapt`, but `frozen` for "
-        "`fc` under `tbftd`: output drift leaves the inputs as they were).",
-        example="adapt",
+        "`frozen` keeps the source statistics.",
     )
     val_fraction: float = setting(
         0.2,
