@@ -305,7 +305,8 @@ def ratio_table(runs: list[Run], arm: str, against: str) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="200 training samples, at most 2 epochs (CI)")
+    parser.add_argument("--quick", action="store_true",
+                        help="200 training samples, at most 2 epochs, block1, fc and full unless --strategies (CI)")
     parser.add_argument("--suites", nargs="+", choices=("shapes", "cifar10"), default=["shapes", "cifar10"])
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE,
                         help=f"folder with {REFERENCE_DATA} and {REFERENCE_CHECKPOINT} (default: {DEFAULT_REFERENCE})")
@@ -320,7 +321,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed-loop", action="store_true", help="add the paper's own loop as an arm")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each arm (CPU s: the median)")
     parser.add_argument("--drifts", nargs="+", choices=DRIFTS, default=list(DRIFTS))
-    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES)
     parser.add_argument("--corruptions", nargs="+", default=["gaussian_noise"], metavar="NAME",
                         help="input drift: one scenario per corruption and severity ('all': every one drift/ makes)")
     parser.add_argument("--severities", nargs="+", type=int, default=[5], choices=range(1, 6), metavar="1..5")
@@ -333,6 +334,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         from drift.corruptions import corruption_names
 
         args.corruptions = list(corruption_names())
+    if args.strategies is None:
+        args.strategies = ["block1", "fc", "full"] if args.quick else list(STRATEGIES)
     if args.quick:
         args.train_size, args.val_size, args.test_size = 200, 100, 200
     return args

@@ -82,8 +82,12 @@ DEFAULT_MIN_SHORTFALL = 0.01
 #: reaches 78.9% in two epochs held against 65.9% tracked, and on CIFAR-10 contrast 5 ends at 78%
 #: held where tracked it fell from 65% to 28%. Held statistics also spare the tracking hooks' work
 #: in every training step.
+#: The ladder's early rungs keep the settings its tables were measured with (README, *Drift without
+#: a hint*): BatchNorm in ``adapt`` (``adapted`` after a ``bn`` rung, which it then does not repeat)
+#: where a hinted block1 job trains in ``train`` mode.
+_LADDER_EARLY_RUNG: dict[str, Any] = {"bn_mode": "adapt", "min_epochs": 2, "min_gain": 0.02}
 DEFAULT_RUNG_SETTINGS: dict[str, dict[str, Any]] = {
-    strategy: {**settings, **({"min_epochs": 2, "min_gain": 0.02} if strategy in ("block1", "block2") else {})}
+    strategy: {**settings, **(_LADDER_EARLY_RUNG if strategy in ("block1", "block2") else {})}
     for strategy, settings in rung_settings(DEFAULT_PROFILE).items()
 }
 #: ``FinetuneConfig`` fields that take whole numbers (rung settings may give them as floats).

@@ -47,7 +47,7 @@ DEFAULT_DATA_DIR = Path("tbftd-data")
 # The same values as ``energy.discovery.KINDS`` plus ``auto``, and ``device.finetune.BN_MODES``
 # (tests check they agree). Literals here so reading settings imports neither pyserial nor torch.
 MeterKind = Literal["auto", "um", "um24c", "um25c", "um34c", "line", "estimate"]
-BNMode = Literal["adapt", "frozen"]
+BNMode = Literal["adapt", "frozen", "train"]
 #: ``device.profiles.PROFILES`` (tests check they agree).
 FinetuneProfile = Literal["tbftd", "paper"]
 BlockName = Literal["block1", "block2", "block3", "fc", "full", "bn"]
@@ -211,10 +211,13 @@ class Settings:
         minimum=0,
         size=True,
     )
-    bn_mode: BNMode = setting(
-        "adapt",
-        "BatchNorm statistics of frozen layers: `adapt` re-estimates them on the job's samples, "
-        "`frozen` keeps the source statistics.",
+    bn_mode: BNMode | None = setting(
+        None,
+        "BatchNorm statistics of frozen layers for every job: `adapt` re-estimates them on the "
+        "job's samples, `frozen` keeps the source statistics, `train` re-estimates them and then "
+        "trains every layer in train mode, as the paper's loop does. Default: each block's profile "
+        "(`adapt`, and `train` for block1 and block2 under `tbftd`).",
+        example="adapt",
     )
     val_fraction: float = setting(
         0.2,
