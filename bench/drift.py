@@ -271,7 +271,10 @@ def _scenario_job(
             block, block_config = "full", AdaptConfig(finetune=config).finetune_for("block1")
         elif strategy == HINTED:
             block = HINT_BLOCK[true_type]
-            block_config = FinetuneConfig(**{**profile_settings(DEFAULT_PROFILE, block), "seed": seed})
+            hinted = dict(profile_settings(DEFAULT_PROFILE, block))
+            # The run's epoch setting caps the hinted job as it caps the baselines (--quick).
+            hinted["epochs"] = min(hinted.get("epochs", config.epochs), config.epochs)
+            block_config = FinetuneConfig(**{**hinted, "seed": seed})
         wall_started, cpu_started = time.perf_counter(), time.process_time()
         outcome = finetune(model, block, train, val, block_config)
         baselines[strategy] = {
