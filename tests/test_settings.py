@@ -81,7 +81,7 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ({"TBFTD_PORT": "70000"}, "TBFTD_PORT: must be at most 65535, got 70000"),
         ({"TBFTD_VAL_FRACTION": "half"}, "TBFTD_VAL_FRACTION: expected a number, got 'half'"),
         ({"TBFTD_REQUEUE_INTERRUPTED": "maybe"}, "TBFTD_REQUEUE_INTERRUPTED: expected a boolean"),
-        ({"TBFTD_BN_MODE": "sideways"}, "TBFTD_BN_MODE: expected one of adapt, frozen, got"),
+        ({"TBFTD_BN_MODE": "sideways"}, "TBFTD_BN_MODE: expected one of adapt, frozen, train, got"),
         ({"TBFTD_MAX_BODY_BYTES": "12 potatoes"}, "TBFTD_MAX_BODY_BYTES: expected a byte count"),
         ({"TBFTD_BASELINE_SECONDS": "nan"}, "TBFTD_BASELINE_SECONDS: expected a finite number"),
     ],
