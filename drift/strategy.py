@@ -83,11 +83,12 @@ DEFAULT_MIN_SHORTFALL = 0.01
 #: held where tracked it fell from 65% to 28%. Held statistics also spare the tracking hooks' work
 #: in every training step.
 #: The ladder's early rungs keep the settings its tables were measured with (README, *Drift without
-#: a hint*): BatchNorm in ``adapt`` (``adapted`` after a ``bn`` rung, which it then does not repeat)
-#: where a hinted block1 job trains in ``train`` mode.
-_LADDER_EARLY_RUNG: dict[str, Any] = {"bn_mode": "adapt", "min_epochs": 2, "min_gain": 0.02}
+#: a hint*): the job's BatchNorm mode (``adapt``, and ``adapted`` after a ``bn`` rung, which it
+#: then does not repeat) where a hinted block1 job trains in ``train`` mode.
+_LADDER_EARLY_RUNG: dict[str, Any] = {"min_epochs": 2, "min_gain": 0.02}
 DEFAULT_RUNG_SETTINGS: dict[str, dict[str, Any]] = {
-    strategy: {**settings, **(_LADDER_EARLY_RUNG if strategy in ("block1", "block2") else {})}
+    strategy: {k: v for k, v in settings.items() if k != "bn_mode"} | _LADDER_EARLY_RUNG
+    if strategy in ("block1", "block2") else settings
     for strategy, settings in rung_settings(DEFAULT_PROFILE).items()
 }
 #: ``FinetuneConfig`` fields that take whole numbers (rung settings may give them as floats).
@@ -95,7 +96,7 @@ _INTEGER_SETTINGS = frozenset(
     name for name, hint in get_type_hints(FinetuneConfig).items() if hint is int or int in get_args(hint)
 )
 #: Every rung with the job's own settings (the paper's, by default): the baselines' settings.
-PAPER_RUNG_SETTINGS: dict[str, dict[str, Any]] = rung_settings("paper")
+PAPER_RUNG_SETTINGS: dict[str, dict[str, Any]] = {}
 #: Relabel gain (see :data:`drift.detect.RELABEL_GAIN`) from which a ladder for input or feature
 #: drift ends with ``fc``: below the output threshold, but a consistent confusion beside the
 #: detected drift, as when a corruption and a relabelling arrive together (contrast 5 with a
