@@ -54,8 +54,6 @@ HINTED = "hinted"
 BASELINES = (*SINGLE_STRATEGIES, "full", FULL_AT_RUNG_SETTINGS, HINTED)
 #: The block a hint of each drift type fine-tunes (``drift.types``' default map).
 HINT_BLOCK = {"input": "block1", "feature": "block3", "output": "fc"}
-#: Where the paper's checkpoint and the CIFAR-10 subset are looked for (``--reference``).
-DEFAULT_REFERENCE = ROOT.parent / "shared" / "reference"
 #: The issue's hinted-job targets: within a point of both references on this share of input
 #: scenarios, and the hinted job's CPU seconds against ``full`` per drift type.
 HINTED_WITHIN_TARGET = 0.90
@@ -649,8 +647,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--suites", nargs="+", choices=("shapes", "cifar10"), default=["shapes", "cifar10"],
                         help="generated Shapes-40 with the shipped model, and the real CIFAR-10 subset with the paper's "
                              "checkpoint (run when found under --reference)")
+    from bench.run_meta import DEFAULT_REFERENCE, REFERENCE_CHECKPOINT, REFERENCE_DATA
+
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE,
-                        help=f"folder with cifar10-subset.npz and tbft-resnet26-cifar10.pth (default: {DEFAULT_REFERENCE})")
+                        help=f"folder with {REFERENCE_DATA} and {REFERENCE_CHECKPOINT} (default: {DEFAULT_REFERENCE})")
     parser.add_argument("--data", help="real data instead of the reference subset: .npz with x_train/y_train/x_test/y_test")
     parser.add_argument("--checkpoint", help="base model of the real data: a tbftd checkpoint or a bare state dict")
     parser.add_argument("--scenarios", nargs="+", metavar="NAME",
@@ -711,14 +711,11 @@ def main(argv: list[str] | None = None) -> int:
     if "shapes" in args.suites:
         suites.append(("shapes", None, None))
     if "cifar10" in args.suites:
-        data = args.data or str(args.reference / "cifar10-subset.npz")
-        checkpoint = args.checkpoint or str(args.reference / "tbft-resnet26-cifar10.pth")
-        missing = [path for path in (data, checkpoint) if not Path(path).is_file()]
-        if missing:
-            print(f"note: no real-data run: {', '.join(missing)} not found (the paper's checkpoint and the CIFAR-10 "
-                  "subset; --reference DIR or --data/--checkpoint)", file=sys.stderr)
-        else:
-            suites.append(("cifar10", data, checkpoint))
+        from bench.run_meta import real_data
+
+        found = real_data(args.reference, args.data, args.checkpoint)
+        if found is not None:
+            suites.append(("cifar10", *found))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name, data, checkpoint in suites:
         suite_args = copy.copy(args)

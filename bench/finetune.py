@@ -43,10 +43,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Where the paper's checkpoint and the CIFAR-10 subset are looked for (``--reference``).
-DEFAULT_REFERENCE = ROOT.parent / "shared" / "reference"
-REFERENCE_DATA = "cifar10-subset.npz"
-REFERENCE_CHECKPOINT = "tbft-resnet26-cifar10.pth"
 
 STRATEGIES = ("block1", "block2", "block3", "fc", "full", "bn")
 BLOCKS = ("block1", "block2", "block3", "fc", "full")
@@ -135,14 +131,11 @@ def find_suites(args: argparse.Namespace) -> list[Suite]:
     if "shapes" in args.suites:
         suites.append(Suite("shapes", None, None))
     if "cifar10" in args.suites:
-        data = args.data or str(args.reference / REFERENCE_DATA)
-        checkpoint = args.checkpoint or str(args.reference / REFERENCE_CHECKPOINT)
-        missing = [path for path in (data, checkpoint) if not Path(path).is_file()]
-        if missing:
-            print(f"note: no real-data run: {', '.join(missing)} not found (the paper's checkpoint and the "
-                  "CIFAR-10 subset; --reference DIR or --data/--checkpoint)", file=sys.stderr)
-        else:
-            suites.append(Suite("cifar10", data, checkpoint))
+        from bench.run_meta import real_data
+
+        found = real_data(args.reference, args.data, args.checkpoint)
+        if found is not None:
+            suites.append(Suite("cifar10", *found))
     return suites
 
 
@@ -308,6 +301,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="200 training samples, at most 2 epochs, block1, fc and full unless --strategies (CI)")
     parser.add_argument("--suites", nargs="+", choices=("shapes", "cifar10"), default=["shapes", "cifar10"])
+    from bench.run_meta import DEFAULT_REFERENCE, REFERENCE_CHECKPOINT, REFERENCE_DATA
+
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE,
                         help=f"folder with {REFERENCE_DATA} and {REFERENCE_CHECKPOINT} (default: {DEFAULT_REFERENCE})")
     parser.add_argument("--data", help="real data instead of the reference subset: .npz with x_train/y_train/x_test/y_test")
