@@ -58,12 +58,22 @@ class _Block:
 class NumpyResNet26:
     """Eval-mode ResNet-26 built from a state dict of numpy arrays; see the module docstring."""
 
-    def __init__(self, config: ModelConfig, state: dict[str, np.ndarray]) -> None:
+    def __init__(self, config: ModelConfig, state: dict[str, np.ndarray], *,
+                 shared_from: NumpyResNet26 | None = None, changed: frozenset[str] = frozenset()) -> None:
+        """``shared_from`` (a model of the same configuration) lends its prepared convolutions for
+        every ``*.weight`` not named in ``changed``: a context's model that differs from the base
+        in one block then holds only that block's arrays of its own."""
         self.config = config
         self._mean = np.asarray(config.mean, dtype=np.float32)
         self._std = np.asarray(config.std, dtype=np.float32)
+        if shared_from is not None and shared_from.config != config:
+            raise WeightsError(f"cannot share weights with a model of another configuration ({shared_from.config})")
+        self._columns: dict[str, np.ndarray] = {}
         try:
-            self._conv1 = _conv_columns(state["conv1.weight"])
+            for name in (k for k in state if k.endswith(".weight") and np.ndim(state[k]) == 4):
+                lent = None if shared_from is None or name in changed else shared_from._columns.get(name)
+                self._columns[name] = lent if lent is not None else _conv_columns(state[name])
+            self._conv1 = self._columns["conv1.weight"]
             self._blocks = [self._block(state, layer, index)
                             for layer in (1, 2, 3) for index in range(4)]
             self._bn = _affine(state, "bn")
@@ -75,15 +85,14 @@ class NumpyResNet26:
             raise WeightsError(f"fc.weight has shape {self._fc_weight.T.shape}, the configuration needs "
                                f"({config.num_classes}, {config.fc_in_features})")
 
-    @staticmethod
-    def _block(state: dict[str, np.ndarray], layer: int, index: int) -> _Block:
+    def _block(self, state: dict[str, np.ndarray], layer: int, index: int) -> _Block:
         prefix = f"layer{layer}.{index}"
         conv1 = state[f"{prefix}.conv1.weight"]
         return _Block(
             bn1=_affine(state, f"{prefix}.bn1"),
-            conv1=_conv_columns(conv1),
+            conv1=self._columns[f"{prefix}.conv1.weight"],
             bn2=_affine(state, f"{prefix}.bn2"),
-            conv2=_conv_columns(state[f"{prefix}.conv2.weight"]),
+            conv2=self._columns[f"{prefix}.conv2.weight"],
             stride=2 if layer > 1 and index == 0 else 1,
             extra_channels=conv1.shape[0] - conv1.shape[1],
         )
@@ -183,21 +192,28 @@ def save_weights(path: str | os.PathLike[str], config: ModelConfig, state: dict[
 
 def load_weights(path: str | os.PathLike[str]) -> NumpyResNet26:
     """Read a weights file into a model ready to predict; :class:`WeightsError` says what is wrong."""
+    config, arrays = read_arrays(path, f"{FORMAT_NAME}/{FORMAT_VERSION}", "weights")
+    return NumpyResNet26(config, arrays)
+
+
+def read_arrays(path: str | os.PathLike[str], kind: str, what: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """The configuration and the other arrays of an ``.npz`` whose ``format`` is ``kind`` (a
+    weights file, or a delta file); :class:`WeightsError` names the file and what is wrong."""
     try:
         with np.load(Path(path), allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except FileNotFoundError:
         raise
     except Exception as exc:  # zipfile and numpy raise several types for a damaged file
-        raise WeightsError(f"{path}: not a readable weights file ({exc})") from exc
-    kind = str(arrays.pop("format", ""))
-    if kind != f"{FORMAT_NAME}/{FORMAT_VERSION}":
-        raise WeightsError(f"{path}: not a {FORMAT_NAME} file of version {FORMAT_VERSION} (format {kind!r})")
+        raise WeightsError(f"{path}: not a readable {what} file ({exc})") from exc
+    found = str(arrays.pop("format", ""))
+    if found != kind:
+        raise WeightsError(f"{path}: not a {kind.replace('/', ' file of version ')} (format {found!r})")
     try:
         config = ModelConfig.from_dict(json.loads(str(arrays.pop("config"))))
     except (KeyError, ValueError, TypeError) as exc:
         raise WeightsError(f"{path}: bad model configuration ({exc})") from exc
-    return NumpyResNet26(config, arrays)
+    return config, arrays
 
 
 def weights_path_for(checkpoint_path: str | os.PathLike[str]) -> Path:
