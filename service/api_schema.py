@@ -35,6 +35,10 @@ class ErrorBody(BaseModel):
     details: list[str] = Field(
         default_factory=list, description="For 422 from request validation: each problem found, one a line."
     )
+    quota: str | None = Field(
+        default=None, description="For 429 and 507 from `POST /v1/samples`: the setting whose limit the batch meets.")
+    limit: int | None = Field(default=None, description="For a quota: its value, in samples.")
+    held: int | None = Field(default=None, description="For a quota: the samples the context or device holds.")
 
 
 #: What each error status means in this API; an operation may describe its own more precisely.
@@ -47,8 +51,11 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     415: "The content type is not one this operation reads.",
     422: "A field is invalid: `field` names it, `error` says why.",
     500: "An internal error (the daemon's log holds the traceback), or a model file that cannot be served.",
+    429: "The device is over its quota (`max_device_samples`) and none of its samples has been trained on yet: "
+         "`quota`, `limit` and `held` say so; retry once a job has used them.",
     503: "The daemon is shutting down and takes no new work; retry once it is back.",
-    507: "The sample buffer cannot take the batch even after evicting every evictable sample.",
+    507: "The sample buffer, or the context's quota (`max_context_samples`), cannot take the batch even after "
+         "evicting every evictable sample; `quota` names which.",
 }
 
 
@@ -65,7 +72,7 @@ def error_responses(*statuses: int, described: Mapping[int, str] | None = None) 
 def sample_batch_openapi(*, labelled: bool) -> dict[str, Any]:
     """``openapi_extra`` for a route that reads a batch of samples; ``labelled`` makes ``labels``
     required (``/v1/samples``; ``/v1/predict`` takes none)."""
-    binary = {"type": "string", "format": "binary"}
+    # OpenAPI 3.1 (JSON Schema 2020-12) describes a raw byte body by its media type, not as a string.
     return {
         "requestBody": {
             "required": True,
@@ -78,8 +85,8 @@ def sample_batch_openapi(*, labelled: bool) -> dict[str, Any]:
             ),
             "content": {
                 "application/json": {"schema": {"oneOf": [_base64_form(labelled), _nested_form(labelled)]}},
-                RAW_MEDIA_TYPE: {"schema": binary},
-                **{media_type: {"schema": binary} for media_type in NPY_MEDIA_TYPES},
+                RAW_MEDIA_TYPE: {"schema": {"contentMediaType": RAW_MEDIA_TYPE}},
+                **{media_type: {"schema": {"contentMediaType": media_type}} for media_type in NPY_MEDIA_TYPES},
             },
         },
         "parameters": [*_side_parameters("query", labelled), *_side_parameters("header", labelled)],

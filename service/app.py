@@ -11,6 +11,7 @@ every status an operation answers.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import math
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,14 +39,34 @@ from service.dashboard import dashboard_router, is_public_path
 from service.error_guard import ErrorGuard
 from service.jobs import JobError, JobManager, ShuttingDown
 from service.model_registry import ModelFileError, ModelRegistry
-from service.payloads import PayloadError, SampleBatch, decode_samples
+from service.payloads import DEFAULT_CONTEXT, PayloadError, SampleBatch, decode_samples
 from service.settings import FinetuneProfile, Settings
-from service.store import BufferFull, MixedSamples, NotFound, Store, StoreClosed
+from service.store import (
+    IdempotencyConflict,
+    MixedSamples,
+    NotFound,
+    QuotaExceeded,
+    Store,
+    StoreClosed,
+    StoredResponse,
+    StoreRefusal,
+)
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "v1"
 CONTEXT_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+#: The header a client sets on a POST so that a retry is answered, not done, again.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_HELP = (
+    "Any unique string of 1-255 printable ASCII characters (a UUID) chosen by the client per request: a retry "
+    "with the same key and the same request gets the first answer (header `Idempotent-Replayed: true`) and "
+    "changes nothing; the same key with another request is a 422. Keys are kept `idempotency_key_seconds`.")
+IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255,
+                                              pattern=r"^[\x21-\x7e]+$", description=IDEMPOTENCY_HELP)]
+ContextQuery = Annotated[str, Query(pattern=CONTEXT_PATTERN, description=(
+    "The context whose model is meant (default `default`); a context without a model of its own has the "
+    "default model."))]
 
 
 @dataclass
@@ -123,7 +144,7 @@ def _describe_served_model(app: FastAPI) -> None:
         document = build()  # FastAPI caches it in app.openapi_schema; this edits that copy once
         daemon: Daemon | None = getattr(app.state, "daemon", None)
         if daemon is not None and not described:
-            config = daemon.registry.active.config
+            config = daemon.registry.config
             describe_model_input(document, input_shape=config.input_shape, num_classes=config.num_classes,
                                  max_batch=daemon.settings.max_batch_samples)
             described = True
@@ -135,9 +156,10 @@ def _describe_served_model(app: FastAPI) -> None:
 def _start_daemon(settings: Settings, meter: Meter | None) -> Daemon:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(settings.database_path, max_samples=settings.max_buffer_samples,
-                       max_bytes=settings.max_buffer_bytes)
+                       max_bytes=settings.max_buffer_bytes, max_context_samples=settings.max_context_samples,
+                       max_device_samples=settings.max_device_samples)
     try:
-        registry = ModelRegistry(store, settings.models_dir, settings.base_model)
+        registry = ModelRegistry(store, settings.models_dir, settings.base_model, settings.context_groups())
         active = registry.bootstrap()
         if meter is None:
             meter = select_meter(settings.meter_port, None if settings.meter_kind == "auto" else settings.meter_kind,
@@ -207,9 +229,16 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def conflict(request: Request, exc: JobError) -> JSONResponse:
         return _error(409, str(exc))
 
-    @app.exception_handler(BufferFull)
-    async def full(request: Request, exc: BufferFull) -> JSONResponse:
-        return _error(507, str(exc))
+    @app.exception_handler(StoreRefusal)
+    async def refused(request: Request, exc: StoreRefusal) -> JSONResponse:
+        # A full buffer (507), or a context's (507) or device's (429) quota: the body names the quota.
+        if isinstance(exc, QuotaExceeded):
+            return _error(exc.status, str(exc), exc.field, quota=exc.quota, limit=exc.limit, held=exc.held)
+        return _error(exc.status, str(exc), exc.field, quota=getattr(exc, "quota", None))
+
+    @app.exception_handler(IdempotencyConflict)
+    async def key_reused(request: Request, exc: IdempotencyConflict) -> JSONResponse:
+        return _error(422, str(exc), IDEMPOTENCY_HEADER)
 
     @app.exception_handler(MixedSamples)
     async def mixed(request: Request, exc: MixedSamples) -> JSONResponse:
@@ -275,18 +304,22 @@ def _add_routes(app: FastAPI, *, token_required: bool) -> None:
     @app.post(
         "/v1/samples",
         status_code=201,
-        responses=errors(400, 409, 413, 415, 422, 503, 507,
+        responses=errors(400, 409, 413, 415, 422, 429, 503, 507,
                          described={409: "The context holds samples of another dtype or shape (a job stacks them)."}),
         openapi_extra=sample_batch_openapi(labelled=True),
     )
-    async def post_samples(request: Request) -> dict[str, Any]:
+    async def post_samples(request: Request, idempotency_key: IdempotencyKey = None) -> Response:
         daemon = _daemon(request)
-        batch = await _read_batch(request, daemon, labelled=True)
+        batch, body = await _read_batch(request, daemon, labelled=True)
+        idempotency = None if idempotency_key is None else (idempotency_key, _fingerprint(request, body))
 
-        def store_batch() -> dict[str, Any]:
-            result = daemon.store.add_samples(batch.context, batch.device_id, batch.labels, batch.x)
-            job = daemon.jobs.samples_added(batch.context)
-            return {
+        def store_batch() -> Response:
+            # The key is stored in the batch's own transaction: a retry after any failure, a
+            # crash included, finds it there, and the batch is stored once.
+            result = daemon.store.add_samples(batch.context, batch.device_id, batch.labels, batch.x,
+                                              idempotency=idempotency)
+            job = None if result.replayed else daemon.jobs.samples_added(batch.context)
+            answer = {
                 "accepted": len(result.ids),
                 "first_id": result.ids[0],
                 "last_id": result.ids[-1],
@@ -295,22 +328,46 @@ def _add_routes(app: FastAPI, *, token_required: bool) -> None:
                 "buffer": {"samples": result.usage.samples, "bytes": result.usage.bytes},
                 "evicted": result.evicted,
                 "evicted_contexts": result.evicted_contexts,
+                "evictions": [e.to_dict() for e in result.evictions],
                 "job": job.to_dict() if job else None,
+                "replayed": result.replayed,
             }
+            headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+            return JSONResponse(answer, status_code=201, headers=headers)
 
         return await run_in_threadpool(store_batch)
 
     @app.post("/v1/drift", status_code=202, responses=errors(400, 413, 422, 503))
-    def post_drift(hint: DriftHint, request: Request) -> dict[str, Any]:
-        outcome = _daemon(request).jobs.hint(hint.context, hint.type, hint.min_samples)
+    def post_drift(hint: DriftHint, request: Request, idempotency_key: IdempotencyKey = None) -> Any:
+        daemon = _daemon(request)
+        key = _keyed(daemon, request, idempotency_key, hint)
+        if isinstance(key, Response):
+            return key
+        outcome = daemon.jobs.hint(hint.context, hint.type, hint.min_samples)
         status = "merged" if outcome.merged else ("scheduled" if outcome.job else "waiting for samples")
-        return {
+        answer = {
             "status": status,
             "hint": outcome.hint.to_dict(),
             "job": outcome.job.to_dict() if outcome.job else None,
             "context_samples": outcome.samples,
             "min_samples": outcome.min_samples,
+            "expires_at": outcome.expires_at,
         }
+        return _remember(daemon, key, 202, answer)
+
+    @app.get("/v1/drift", responses=errors(422, 503))
+    def list_hints(
+        request: Request,
+        context: Annotated[str | None, Query(pattern=CONTEXT_PATTERN, description="Only this context's hints.")] = None,
+        state: Annotated[Literal["waiting", "scheduled", "expired"] | None, Query(
+            description="Only hints in this state.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000, description="The newest hints to list.")] = 100,
+    ) -> dict[str, Any]:
+        daemon = _daemon(request)
+        hints = daemon.store.list_hints(context=context, newest_first=True, state=state, limit=limit)
+        expiry = daemon.settings.hint_expiry_seconds
+        return {"hints": [{**h.to_dict(), "expires_at": h.created_at + expiry if h.state == "waiting" else None}
+                          for h in hints]}
 
     @app.post(
         "/v1/jobs",
@@ -318,11 +375,15 @@ def _add_routes(app: FastAPI, *, token_required: bool) -> None:
         responses=errors(400, 409, 413, 422, 503,
                          described={409: "The context holds too few samples, or already has a pending job."}),
     )
-    def post_job(body: JobRequest, request: Request) -> dict[str, Any]:
+    def post_job(body: JobRequest, request: Request, idempotency_key: IdempotencyKey = None) -> Any:
         if (body.block is None) == (body.drift_type is None):
             raise PayloadError("give exactly one of block or drift_type", "block")
-        job = _daemon(request).jobs.submit(body.context, body.block or body.drift_type or "", body.profile)
-        return job.to_dict()
+        daemon = _daemon(request)
+        key = _keyed(daemon, request, idempotency_key, body)
+        if isinstance(key, Response):
+            return key
+        job = daemon.jobs.submit(body.context, body.block or body.drift_type or "", body.profile)
+        return _remember(daemon, key, 201, job.to_dict())
 
     @app.get("/v1/jobs", responses=errors(422, 503))
     def list_jobs(
@@ -331,8 +392,11 @@ def _add_routes(app: FastAPI, *, token_required: bool) -> None:
         context: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000, description="The newest jobs to list.")] = 100,
     ) -> dict[str, Any]:
-        jobs = _daemon(request).store.list_jobs(state=state, context=context, limit=limit)
-        return {"jobs": [job.to_dict() for job in jobs]}
+        store = _daemon(request).store
+        jobs = store.list_jobs(state=state, context=context, limit=limit)
+        energy = store.energy_of_jobs(job.id for job in jobs)
+        return {"jobs": [{**job.to_dict(), "energy": _energy_dict(energy[job.id].to_dict()) if job.id in energy else None}
+                         for job in jobs]}
 
     @app.get("/v1/jobs/{job_id}", responses=errors(404, 422, 503, described={404: "No such job."}))
     def get_job(job_id: JobId, request: Request) -> dict[str, Any]:
@@ -370,27 +434,42 @@ def _add_routes(app: FastAPI, *, token_required: bool) -> None:
     @app.post("/v1/predict", responses=errors(400, 413, 415, 422), openapi_extra=sample_batch_openapi(labelled=False))
     async def post_predict(request: Request) -> dict[str, Any]:
         daemon = _daemon(request)
-        batch = await _read_batch(request, daemon, labelled=False)
-        version, prediction = await run_in_threadpool(daemon.registry.predict, batch.x)
+        batch, _ = await _read_batch(request, daemon, labelled=False)
+        version, prediction = await run_in_threadpool(daemon.registry.predict, batch.context, batch.x)
         return {
+            "context": batch.context,
             "model_version": version,
             "classes": prediction.classes.tolist(),
             "probabilities": prediction.probabilities.round(6).tolist(),
         }
 
-    @app.get("/v1/models", responses=errors(503))
-    def list_models(request: Request) -> dict[str, Any]:
+    @app.get("/v1/models", responses=errors(422, 503))
+    def list_models(request: Request, context: ContextQuery = DEFAULT_CONTEXT) -> dict[str, Any]:
         daemon = _daemon(request)
-        return {"active": daemon.registry.active.version,
-                "versions": [v.to_dict() for v in daemon.store.list_versions()]}
+        registry = daemon.registry
+        scope = registry.scope_of(context)
+        return {"context": context,
+                "scope": scope,
+                "active": registry.version_for(context),
+                "default": registry.default_version,
+                "base": registry.base.version,
+                "contexts": registry.scope_versions(),
+                "versions": [v.to_dict() for v in daemon.store.list_versions(scope)]}
 
     @app.post(
         "/v1/models/{version}/activate",
         responses=errors(404, 422, 503, described={
             404: "No such model version.", 500: "An internal error, or the version's model file cannot be served."}),
     )
-    def activate_model(version: VersionNumber, request: Request) -> dict[str, Any]:
-        return _daemon(request).registry.activate(version).to_dict()
+    def activate_model(version: VersionNumber, request: Request, context: ContextQuery = DEFAULT_CONTEXT,
+                       idempotency_key: IdempotencyKey = None) -> Any:
+        daemon = _daemon(request)
+        key = _keyed(daemon, request, idempotency_key, None)
+        if isinstance(key, Response):
+            return key
+        record = daemon.registry.activate(version, context)
+        return _remember(daemon, key, 200, {**record.to_dict(), "context": context,
+                                            "activated_for": daemon.registry.scope_of(context)})
 
     @app.get(
         "/v1/energy",
@@ -445,10 +524,10 @@ ENERGY_CSV_COLUMNS = ("job_id", "context", "drift_type", "block", "state", "star
                       "source", "low_confidence")
 
 
-async def _read_batch(request: Request, daemon: Daemon, labelled: bool) -> SampleBatch:
-    config = daemon.registry.active.config
+async def _read_batch(request: Request, daemon: Daemon, labelled: bool) -> tuple[SampleBatch, bytes]:
+    config = daemon.registry.config
     body = await request.body()
-    return decode_samples(
+    batch = decode_samples(
         body,
         content_type=request.headers.get("content-type", ""),
         params={**dict(request.headers), **dict(request.query_params)},
@@ -457,6 +536,39 @@ async def _read_batch(request: Request, daemon: Daemon, labelled: bool) -> Sampl
         max_batch=daemon.settings.max_batch_samples,
         labelled=labelled,
     )
+    return batch, body
+
+
+def _fingerprint(request: Request, body: bytes) -> str:
+    """What makes two requests the same for an idempotency key: method, path, query, content type,
+    the ``X-*`` headers that carry sample fields, and the body."""
+    digest = hashlib.sha256()
+    headers = sorted((k, v) for k, v in request.headers.items() if k.startswith("x-") or k == "content-type")
+    for part in (request.method, request.url.path, sorted(request.query_params.multi_items()), headers):
+        digest.update(repr(part).encode() + b"\0")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def _keyed(daemon: Daemon, request: Request, key: str | None, body: BaseModel | None) -> tuple[str, str] | Response | None:
+    """For a POST with an idempotency key: the stored answer when the key was used before (a
+    replay), else ``(key, fingerprint)`` for :func:`_remember`; None without a key."""
+    if key is None:
+        return None
+    fingerprint = _fingerprint(request, b"" if body is None else body.model_dump_json().encode())
+    stored = daemon.store.stored_response(key, fingerprint)
+    return (key, fingerprint) if stored is None else _replayed(stored)
+
+
+def _remember(daemon: Daemon, key: tuple[str, str] | None, status: int, answer: dict[str, Any]) -> Any:
+    """Store ``answer`` under the request's idempotency key (if it has one) and return it."""
+    if key is not None:
+        daemon.store.save_response(*key, status, answer)
+    return answer
+
+
+def _replayed(stored: StoredResponse) -> Response:
+    return JSONResponse(stored.body, status_code=stored.status, headers={"Idempotent-Replayed": "true"})
 
 
 def _energy_dict(record: dict[str, Any]) -> dict[str, Any]:
@@ -514,13 +626,19 @@ def _status(daemon: Daemon) -> dict[str, Any]:
     else:
         health = "ok"
     running = daemon.jobs.running_job
+    registry = daemon.registry
     return {
-        "model_version": daemon.registry.active.version,
+        # The version the default context is served; `models` has every context's own.
+        "model_version": registry.version_for(DEFAULT_CONTEXT),
+        "models": {"base": registry.base.version, "default": registry.default_version,
+                   "contexts": registry.scope_versions()},
         "buffer": {
             "samples": usage.samples,
             "bytes": usage.bytes,
             "max_samples": daemon.settings.max_buffer_samples,
             "max_bytes": daemon.settings.max_buffer_bytes,
+            "max_context_samples": daemon.settings.max_context_samples,
+            "max_device_samples": daemon.settings.max_device_samples,
             "fill": max(usage.samples / daemon.settings.max_buffer_samples, usage.bytes / daemon.settings.max_buffer_bytes),
         },
         "running_job": None if running is None else {"id": running, "progress": daemon.jobs.latest_progress},
@@ -556,13 +674,17 @@ def _metrics(daemon: Daemon) -> str:
         metrics.MetricFamily("tbftd_meter_up", "gauge",
                              "1 when a power meter measured the last job without gaps, 0 for an estimate or gaps.")
         .add(meter_up, source=info.source),
-        metrics.MetricFamily("tbftd_model_version", "gauge", "Active model version.").add(daemon.registry.active.version),
+        metrics.MetricFamily("tbftd_model_version", "gauge",
+                             "Model version served: the default model, and each context's own by scope.")
+        .add(daemon.registry.default_version, scope=""),
         metrics.MetricFamily("tbftd_store_writes_total", "counter", "Writes the store has committed and answered.")
         .add(writes.writes),
         metrics.MetricFamily("tbftd_store_commits_total", "counter",
                              "Store transactions committed, each one fsync of the write-ahead log (group commit "
                              "puts the writes that queue up together into one).").add(writes.commits),
     ]
+    for scope, version in daemon.registry.scope_versions().items():
+        families[6].add(version, scope=scope)
     for state, count in jobs_by_state.items():
         families[2].add(count, state=state)
     for block, joules in sorted(joules_by_block.items()):

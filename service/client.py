@@ -22,11 +22,10 @@ answer raises :class:`ClientError` with the daemon's message; other 5xx answers 
 :class:`ServerError`; a daemon still unreachable after the retries raises
 :class:`DaemonUnreachable`.
 
-**Duplicates.** The API has no idempotency key. When a POST was committed by the daemon but its
-answer was lost (the connection broke or timed out after the request was sent), the retry sends
-it again: a batch of samples is then stored twice, a drift hint recorded twice (harmless: hints
-for a pending job merge), and a retried ``submit_job`` answers 409 because the first attempt's
-job is pending. Pass ``retries=0`` where a duplicate matters more than a lost batch. A refused
+**Duplicates.** Every POST carries an ``Idempotency-Key`` header, a random key made once per
+call and sent again with each retry of it. When the daemon committed a POST but its answer was
+lost (the connection broke or timed out after the request was sent), the retry is answered with
+the first answer (``replayed`` true for samples) and nothing is stored twice. A refused
 connection never reached the daemon, so retrying it is always safe.
 
 Must not import torch, fastapi or httpx.
@@ -41,6 +40,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -271,7 +271,7 @@ class TbftdClient:
         return self._request("GET", f"/v1/jobs/{int(job_id)}")
 
     def jobs(self, state: str | None = None, context: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Jobs, newest first (the fields of :meth:`job` without ``energy``)."""
+        """Jobs, newest first, with the fields of :meth:`job`."""
         params = _params(state=state, context=context, limit=limit)
         return self._request("GET", "/v1/jobs", params=params)["jobs"]
 
@@ -311,29 +311,31 @@ class TbftdClient:
 
     # -- models -----------------------------------------------------------------------------------
 
-    def predict(self, x: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SAMPLES) -> Prediction:
-        """Classes and probabilities of the active model for images ``x`` (N, C, H, W), sent in
+    def predict(self, x: np.ndarray, context: str = "default", *, batch_size: int = DEFAULT_BATCH_SAMPLES) -> Prediction:
+        """Classes and probabilities of ``context``'s model for images ``x`` (N, C, H, W), sent in
         POSTs of at most ``batch_size`` images."""
         array = np.asarray(x)
         if array.ndim != 4 or len(array) == 0:
             raise ValueError(f"expected N >= 1 images (N, C, H, W), got shape {array.shape}")
         classes, probabilities, version = [], [], 0
         for start in range(0, len(array), max(1, batch_size)):
-            data, params = encode_raw_batch(array[start : start + batch_size])
+            data, params = encode_raw_batch(array[start : start + batch_size], context=context)
             reply = self._request("POST", "/v1/predict", params=params, body=data, content_type=RAW_MEDIA_TYPE)
             classes.append(np.asarray(reply["classes"], dtype=np.int64))
             probabilities.append(np.asarray(reply["probabilities"], dtype=np.float32))
             version = int(reply["model_version"])
         return Prediction(version, np.concatenate(classes), np.concatenate(probabilities))
 
-    def models(self) -> dict[str, Any]:
-        """``{"active": version, "versions": [{"version", "parent_version", "job_id", "created_at",
-        "accuracy", "active", "notes", "path"}, …]}``."""
-        return self._request("GET", "/v1/models")
+    def models(self, context: str = "default") -> dict[str, Any]:
+        """``context``'s model: ``{"context", "scope", "active": version, "default", "base",
+        "contexts": {scope: version}, "versions": [{"version", "scope", "delta_of", "parent_version",
+        "job_id", "created_at", "accuracy", "active", "notes", "path"}, …]}`` (the versions of its
+        scope and the base)."""
+        return self._request("GET", "/v1/models", params={"context": context})
 
-    def activate(self, version: int) -> dict[str, Any]:
-        """Make ``version`` the active model (rollback or roll forward); returns that version."""
-        return self._request("POST", f"/v1/models/{int(version)}/activate")
+    def activate(self, version: int, context: str = "default") -> dict[str, Any]:
+        """Serve ``version`` to ``context`` (rollback or roll forward); returns that version."""
+        return self._request("POST", f"/v1/models/{int(version)}/activate", params={"context": context})
 
     # -- energy and status ------------------------------------------------------------------------
 
@@ -390,6 +392,8 @@ class TbftdClient:
     ) -> Any:
         url = self.url + path + ("?" + urllib.parse.urlencode(params) if params else "")
         headers = {"Accept": "application/json"}
+        if method == "POST":  # one key for every attempt of this call: a retry is answered, not done again
+            headers["Idempotency-Key"] = uuid.uuid4().hex
         if json_body is not None:
             body = json.dumps(json_body).encode()
             content_type = "application/json"

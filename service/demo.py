@@ -274,10 +274,10 @@ def _run(args: argparse.Namespace, daemon: DemoDaemon, started: float) -> int:
 
 def _run_drift(client: TbftdClient, drift: str, scenario: DriftScenario, base_version: int) -> DriftOutcome:
     """The steps of one drift type (module docstring, step 2)."""
-    context = f"cam-{drift}"
-    if client.models()["active"] != base_version:
-        client.activate(base_version)
-    before, version = _accuracy(client, scenario.test.x, scenario.test.y)
+    context = f"cam-{drift}"  # its own model: every drift type starts from the base
+    if client.models(context)["active"] != base_version:
+        client.activate(base_version, context)
+    before, version = _accuracy(client, scenario.test.x, scenario.test.y, context)
     print(f"{drift} drift ({scenario.description})")
     print(f"  version {version} on the drifted test images: {_percent(before)}")
     posted = client.post_samples(scenario.train.x, scenario.train.y, context=context, device_id="demo-cam")
@@ -285,24 +285,25 @@ def _run_drift(client: TbftdClient, drift: str, scenario: DriftScenario, base_ve
 
     job = client.submit_job(context, block="full")
     print(f"  full fine-tune for comparison: job {job['id']}")
-    full = _finish(client, job["id"], scenario, "  ")
-    client.activate(full.version_in)
+    full = _finish(client, job["id"], scenario, "  ", context)
+    client.activate(full.version_in, context)
     print(f"  rolled back to version {full.version_in}")
 
     hint = client.post_drift(drift, context=context, min_samples=posted.context_samples)
     if hint["job"] is None:
         raise CLIError(f"the drift hint did not start a job: {hint}")
     print(f"  drift hint {drift!r}: job {hint['job']['id']} trains {hint['job']['block']}")
-    block = _finish(client, hint["job"]["id"], scenario, "  ")
+    block = _finish(client, hint["job"]["id"], scenario, "  ", context)
     if not block.promoted:
-        client.activate(block.version_in)  # measured above; the daemon had kept the model it started from
+        client.activate(block.version_in, context)  # measured above; the daemon had kept the model it started from
     if block.version_in != full.version_in:
         raise CLIError(f"the jobs started from different versions ({full.version_in}, {block.version_in})")
     return DriftOutcome(drift, scenario.description, before, block, full)
 
 
-def _finish(client: TbftdClient, job_id: int, scenario: DriftScenario, indent: str) -> JobFigures:
-    """Wait for a job with a progress bar, measure its model on the test images, and summarise it."""
+def _finish(client: TbftdClient, job_id: int, scenario: DriftScenario, indent: str, context: str) -> JobFigures:
+    """Wait for a job with a progress bar, measure its model (served to ``context``) on the test
+    images, and summarise it."""
     from service.operator_commands import JobProgressBar
 
     bar = JobProgressBar(sys.stderr, label=indent)
@@ -314,9 +315,9 @@ def _finish(client: TbftdClient, job_id: int, scenario: DriftScenario, indent: s
         raise CLIError(f"job {job_id} {job['state']}: {job.get('error') or 'no model'}")
     version_out = int(job["model_version_out"])
     promoted = bool((job.get("decision") or {}).get("promoted"))
-    if client.models()["active"] != version_out:
-        client.activate(version_out)  # not promoted: measure it all the same, for the comparison
-    accuracy, _ = _accuracy(client, scenario.test.x, scenario.test.y)
+    if client.models(context)["active"] != version_out:
+        client.activate(version_out, context)  # not promoted: measure it all the same, for the comparison
+    accuracy, _ = _accuracy(client, scenario.test.x, scenario.test.y, context)
     energy = job.get("energy") or {}
     figures = JobFigures(job_id, job["block"], int(job["model_version_in"]), version_out, promoted, accuracy,
                          float(energy.get("seconds") or 0.0), float(energy.get("joules") or 0.0),
@@ -367,8 +368,8 @@ def _keep_serving(daemon: DemoDaemon) -> None:
     print(f"the daemon exited by itself with status {daemon.process.returncode}", file=sys.stderr)
 
 
-def _accuracy(client: TbftdClient, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-    prediction = client.predict(x)
+def _accuracy(client: TbftdClient, x: np.ndarray, y: np.ndarray, context: str = "default") -> tuple[float, int]:
+    prediction = client.predict(x, context)
     return float((prediction.classes == y).mean()), prediction.model_version
 
 

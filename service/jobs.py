@@ -71,15 +71,25 @@ class ShuttingDown(JobError):
     """New work asked of a daemon that is stopping (the API answers 503: retry once it is back)."""
 
 
+#: Seconds between sweeps for expired hints and idempotency keys (each a read when nothing is due).
+EXPIRY_SWEEP_SECONDS = 5.0
+#: ``decision.outcome`` of a job, as the API, the CLI and the dashboard show it.
+OUTCOME_PROMOTED = "promoted"
+OUTCOME_KEPT = "kept the model"
+OUTCOME_NOTHING = "nothing to adapt"
+
+
 @dataclass(frozen=True)
 class HintOutcome:
-    """What a drift hint did: merged into a pending job, started one, or waits for samples."""
+    """What a drift hint did: merged into a pending job, started one, or waits for samples
+    (until ``expires_at``, epoch seconds)."""
 
     hint: Hint
     job: Job | None
     merged: bool
     samples: int
     min_samples: int
+    expires_at: float | None = None
 
 
 class JobManager:
@@ -172,9 +182,11 @@ class JobManager:
             pending = self.store.pending_job_for_context(context)
             if pending is not None:
                 self.store.link_hints([hint.id], pending.id)
-                return HintOutcome(hint, pending, True, self.store.count_samples(context), needed)
+                return HintOutcome(self.store.get_hint(hint.id), pending, True, self.store.count_samples(context), needed)
             job = self._start_if_ready(context)
-        return HintOutcome(hint, job, False, self.store.count_samples(context), needed)
+        hint = self.store.get_hint(hint.id)  # as it is now: linked to the job it started, if any
+        expires = None if job is not None else hint.created_at + self.settings.hint_expiry_seconds
+        return HintOutcome(hint, job, False, self.store.count_samples(context), needed, expires)
 
     def samples_added(self, context: str) -> Job | None:
         """Start a job for ``context`` if a waiting hint now has enough samples."""
@@ -287,8 +299,27 @@ class JobManager:
 
     # -- the worker -------------------------------------------------------------------------------
 
+    def expire(self, now: float | None = None) -> list[Hint]:
+        """Expire hints that waited longer than ``hint_expiry_seconds`` and forget idempotency keys
+        older than ``idempotency_key_seconds``; returns the hints expired."""
+        now = time.time() if now is None else now
+        with self._schedule_lock:  # not while a request is linking hints to a new job
+            expired = self.store.expire_hints(now - self.settings.hint_expiry_seconds)
+        for hint in expired:
+            log.info("drift hint %s for context %r expired: it waited %.0f s for samples", hint.id, hint.context,
+                     now - hint.created_at)
+        self.store.expire_idempotency_keys(now - self.settings.idempotency_key_seconds)
+        return expired
+
     def _work(self) -> None:
+        last_sweep = 0.0
         while not self._closing.is_set():
+            if time.monotonic() - last_sweep >= EXPIRY_SWEEP_SECONDS:
+                last_sweep = time.monotonic()
+                try:
+                    self.expire()
+                except Exception:  # a sweep must not kill the worker; the next one tries again
+                    log.exception("expiring hints and idempotency keys failed")
             job = self.store.claim_next_job()
             if job is None:
                 self._wake.wait(1.0)
@@ -318,7 +349,7 @@ class JobManager:
                 f"energy budget: the last 24 hours used {self.settings.energy_budget_day_joules - left:.0f} J "
                 f"of the {self.settings.energy_budget_day_joules:.0f} J a day allows (energy_budget_day_joules)"))
             return
-        active = self.registry.active
+        active = self.registry.model_for(job.context)
         x, y, ids = self.store.load_samples(job.context)
         if len(ids) < MIN_JOB_SAMPLES:
             self._finish(job.id, "failed", error=f"context holds {len(ids)} samples; a job needs at least {MIN_JOB_SAMPLES}")
@@ -333,10 +364,13 @@ class JobManager:
         block = job.block or "full"
         profile = str((job.params or {}).get("finetune_profile") or self.settings.finetune_profile)
         finetune = finetune_settings(self.settings, block, profile)
+        files = self.registry.training_files(active.version)
         task = TrainerTask(
             job_id=job.id,
             block=block,
-            model_path=str(self.store.get_version(active.version).path),
+            model_path=str(files.checkpoint),
+            delta_path=None if files.delta is None else str(files.delta),
+            base_path=str(files.base),
             samples_path=str(samples_path),
             output_path=str(output),
             finetune=finetune,
@@ -452,20 +486,23 @@ class JobManager:
         promoted, reason = promotion_decision(before, after, self.settings.promote_margin, parent)
         version = self.registry.register(
             output,
+            context=job.context,
             parent_version=parent,
             job_id=job.id,
             accuracy={"before": before, "after": after, "val_samples": payload["val_samples"]},
             activate=promoted,
             notes=f"{block} on context {job.context}" + ("" if promoted else " (not promoted)"),
         )
-        self.registry.prune(self.settings.keep_versions)
+        self.registry.prune(job.context, self.settings.keep_versions)
         self._finish(
             job.id,
             "succeeded",
             accuracy_before=before,
             accuracy_after=after,
             model_version_out=version,
-            decision={**(decision or {}), "promoted": promoted, "reason": reason, "block": block, "version": version},
+            decision={**(decision or {}), "outcome": OUTCOME_PROMOTED if promoted else OUTCOME_KEPT,
+                      "promoted": promoted, "reason": reason, "block": block, "version": version,
+                      "scope": self.registry.scope_of(job.context), "delta_bytes": payload.get("delta_bytes")},
             progress={**(self.latest_progress or {}), "result": payload},
         )
 
@@ -501,10 +538,13 @@ class JobManager:
                          decision=decision, progress=progress, **changes)
             return
         if not payload["candidate"]:
-            what = ("no drift detected: nothing trained" if payload["drift_type"] == "none"
+            nothing = payload["drift_type"] == "none"
+            what = ("nothing to adapt: no drift detected, nothing trained" if nothing
                     else "no strategy improved validation accuracy: the model is unchanged")
             self._finish(job.id, "succeeded", accuracy_before=payload["accuracy_before"],
-                         accuracy_after=payload["accuracy_after"], decision={**decision, "promoted": False, "reason": what},
+                         accuracy_after=payload["accuracy_after"],
+                         decision={**decision, "outcome": OUTCOME_NOTHING if nothing else OUTCOME_KEPT,
+                                   "promoted": False, "reason": what},
                          progress=progress, **changes)
             return
         self.store.update_job(job.id, **changes)

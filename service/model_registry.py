@@ -1,21 +1,31 @@
-"""Model versions on disk and the active model that ``/v1/predict`` uses.
+"""Model versions on disk and the model each context is served, per context.
 
-Version files live in ``<data_dir>/models``; the store records them. Each version is a torch
-checkpoint (``.pt``, what trainers start from) with a weights file beside it (``.npz``, what
-``/predict`` serves through :mod:`device.numpy_model`), so this process never imports torch. A
-checkpoint without its weights file (a configured base model, a data directory from before weights
-files) is converted once by a short-lived child process that does import torch.
+Every context has its own model history: its jobs train from its active version and their
+candidates become its versions, so one camera's drift never changes another's model. Contexts
+named together in ``model_groups`` share one history (their *scope* is the group); every other
+context is its own scope. A scope without a version of its own serves the default model: the
+base model, or in a data directory from before per-context models the version that was active.
 
-The active model is held in memory and swapped by replacing one reference, so a prediction in
-flight finishes on the model it started with and the next one sees the new version — no lock on
-the request path.
+Files live in ``<data_dir>/models``; the store records them. The base is a torch checkpoint
+(``.pt``, what trainers start from) with a weights file beside it (``.npz``, what ``/predict``
+serves through :mod:`device.numpy_model`), so this process never imports torch. A trained version
+is a delta file (:mod:`device.weights_delta`): only the arrays that differ from the base. In
+memory a version's model shares the base's unchanged arrays, so a context costs about its delta.
+A checkpoint without its weights file (a configured base model) is converted once by a
+short-lived child process that does import torch.
+
+Served models are swapped by replacing one reference, so a prediction in flight finishes on the
+model it started with and the next one sees the new version: no lock on the request path. Only
+the versions some scope serves are held in memory.
 """
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +36,10 @@ from device.files import atomic_write_bytes, remove_partial_files
 from device.numpy_model import NumpyResNet26, WeightsError, load_weights, weights_path_for
 from device.prediction import Prediction
 from device.shipped import SHIPPED_BASE_MODEL, SHIPPED_BASE_WEIGHTS
+from device.weights_delta import DELTA_SUFFIX, is_delta_path, load_delta, read_state
 from service.store import ModelVersion, Store
+
+log = logging.getLogger(__name__)
 
 #: Seconds a conversion child may take: importing torch on a Raspberry Pi 3 takes tens of seconds.
 CONVERSION_TIMEOUT_SECONDS = 300.0
@@ -49,44 +62,98 @@ class LoadedModel:
         return self.model.config
 
 
-class ModelRegistry:
-    """Keeps the store's model versions, their files and the in-memory active model in step."""
+@dataclass(frozen=True)
+class TrainingFiles:
+    """What a trainer loads for a version: the full checkpoint, the delta on it (None for a full
+    version) and the base the candidate's delta is taken against."""
 
-    def __init__(self, store: Store, models_dir: Path, base_model: Path | None = None) -> None:
+    checkpoint: Path
+    delta: Path | None
+    base: Path
+
+
+class ModelRegistry:
+    """Keeps the store's model versions, their files and the models in memory in step.
+
+    ``model_groups`` maps a context to the group whose model it shares (see the module docstring).
+    """
+
+    def __init__(self, store: Store, models_dir: Path, base_model: Path | None = None,
+                 model_groups: Mapping[str, str] | None = None) -> None:
         self.store = store
         self.models_dir = models_dir
         self.base_model = base_model or SHIPPED_BASE_MODEL
-        self._active: LoadedModel | None = None
+        self.model_groups = dict(model_groups or {})
+        self._base: LoadedModel | None = None
+        self._base_record: ModelVersion | None = None
+        self._base_state: dict[str, np.ndarray] = {}
+        self._default = 0
+        self._scopes: dict[str, int] = {}
+        self._loaded: dict[int, LoadedModel] = {}
         self._swap_lock = threading.Lock()
 
+    def scope_of(self, context: str) -> str:
+        """The scope whose model ``context`` is served and adapts: its group, or itself."""
+        return self.model_groups.get(context, context)
+
+    # -- start-up ---------------------------------------------------------------------------------
+
     def bootstrap(self) -> LoadedModel:
-        """Load the active version; on a fresh data directory, install the base model as version 1."""
+        """Install the base model on a fresh data directory (as version 1, the default), load the
+        base and the default, and remove files no version records; returns the default model."""
         self.models_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_files(self.models_dir)
-        active = self.store.active_version()
-        if active is None:
-            versions = self.store.list_versions()
-            if versions:
-                active = self.store.activate(versions[-1].version)
-            else:
-                target = self.models_dir / "base.pt"
-                # Weights first: converting validates the checkpoint, and a bad configured base
-                # model must fail start-up clearly before anything is recorded.
-                if Path(self.base_model).resolve() == SHIPPED_BASE_MODEL:
-                    atomic_write_bytes(weights_path_for(target), SHIPPED_BASE_WEIGHTS.read_bytes())
-                    atomic_write_bytes(target, Path(self.base_model).read_bytes())
-                else:
-                    # Stored self-describing: a bare state dict's architecture is read once, here.
-                    convert_checkpoint(Path(self.base_model), weights_path_for(target), described=target)
-                version = self.store.add_model_version(
-                    target, notes=f"base model from {self.base_model}", activate=True
-                )
-                active = self.store.get_version(version)
-        self._active = LoadedModel(active.version, self.load(active.path))
-        return self._active
+        base = self.store.base_version()
+        if base is None:
+            base = self.store.get_version(self._install_base(activate=self.store.active_version() is None))
+        default = self.store.active_version()
+        if default is None:
+            default = self.store.activate(base.version)
+        self._base_record = base
+        self._base = LoadedModel(base.version, self._load_full(base.path))
+        self._base_state = read_state(weights_path_for(base.path))
+        self._loaded = {base.version: self._base}
+        self._default = default.version
+        self._scopes = self.store.scope_versions()
+        self._model(default.version)
+        self._sweep_orphans()
+        return self._loaded[default.version]
+
+    def _install_base(self, *, activate: bool) -> int:
+        target = self.models_dir / "base.pt"
+        # Weights first: converting validates the checkpoint, and a bad configured base model
+        # must fail start-up clearly before anything is recorded.
+        if Path(self.base_model).resolve() == SHIPPED_BASE_MODEL:
+            atomic_write_bytes(weights_path_for(target), SHIPPED_BASE_WEIGHTS.read_bytes())
+            atomic_write_bytes(target, Path(self.base_model).read_bytes())
+        else:
+            # Stored self-describing: a bare state dict's architecture is read once, here.
+            convert_checkpoint(Path(self.base_model), weights_path_for(target), described=target)
+        return self.store.add_model_version(target, notes=f"base model from {self.base_model}", activate=activate)
+
+    def _sweep_orphans(self) -> None:
+        """Remove version files no version records: a crash after a prune's commit and before its
+        files were deleted leaves them behind (never the other way round)."""
+        recorded = {Path(p).name for p in self.store.version_paths()}
+        recorded |= {weights_path_for(p).name for p in recorded if not is_delta_path(p)}
+        for path in self.models_dir.iterdir():
+            if path.name.startswith("job-") and path.name not in recorded:  # base.* is never swept
+                log.info("removing %s: no model version records it", path)
+                path.unlink(missing_ok=True)
+
+    # -- loading ----------------------------------------------------------------------------------
 
     def load(self, checkpoint: str | Path) -> NumpyResNet26:
-        """The servable model of a version's checkpoint, converting it first if it has no weights file."""
+        """The servable model of a version's file: a delta on the base, or a full checkpoint
+        (converted first if it has no weights file)."""
+        if is_delta_path(checkpoint):
+            try:
+                return load_delta(checkpoint).model(self.base.model, self._base_state)
+            except WeightsError as exc:
+                raise ModelFileError(str(exc)) from exc
+        return self._load_full(checkpoint)
+
+    def _load_full(self, checkpoint: str | Path) -> NumpyResNet26:
         weights = weights_path_for(checkpoint)
         if not weights.exists():
             convert_checkpoint(Path(checkpoint), weights)
@@ -95,66 +162,129 @@ class ModelRegistry:
         except WeightsError as exc:
             raise ModelFileError(str(exc)) from exc
 
+    def _model(self, version: int) -> LoadedModel:
+        loaded = self._loaded.get(version)
+        if loaded is None:
+            with self._swap_lock:
+                loaded = self._loaded.get(version)
+                if loaded is None:
+                    loaded = LoadedModel(version, self.load(self.store.get_version(version).path))
+                    self._loaded = {**self._loaded, version: loaded}
+        return loaded
+
+    def _drop_unserved(self) -> None:
+        # Under _swap_lock. Bounded memory: only the versions some scope serves stay loaded.
+        served = {self._default, *self._scopes.values()}
+        assert self._base is not None
+        served.add(self._base.version)
+        self._loaded = {v: m for v, m in self._loaded.items() if v in served}
+
+    # -- what is served ---------------------------------------------------------------------------
+
     @property
-    def active(self) -> LoadedModel:
-        """The model ``/predict`` serves."""
-        if self._active is None:
+    def base(self) -> LoadedModel:
+        """The base model every delta applies to."""
+        if self._base is None:
             raise RuntimeError("the model registry has not been bootstrapped")
-        return self._active
+        return self._base
+
+    @property
+    def config(self) -> ModelConfig:
+        """The configuration every version shares (the base's: deltas cannot change it)."""
+        return self.base.config
+
+    @property
+    def default_version(self) -> int:
+        """The version scopes without a model of their own serve."""
+        return self._default
+
+    def version_for(self, context: str) -> int:
+        """The version ``context`` is served."""
+        return self._scopes.get(self.scope_of(context), self._default)
+
+    def model_for(self, context: str) -> LoadedModel:
+        """The model ``context`` is served (and its next job starts from)."""
+        return self._model(self.version_for(context))
+
+    def scope_versions(self) -> dict[str, int]:
+        """The version of every scope with a model of its own."""
+        return dict(self._scopes)
+
+    def predict(self, context: str, x: np.ndarray) -> tuple[int, Prediction]:
+        """Classes and probabilities from ``context``'s model, with its version."""
+        loaded = self.model_for(context)
+        return loaded.version, loaded.model.predict(x)
+
+    def training_files(self, version: int) -> TrainingFiles:
+        """The files a trainer starts ``version`` from."""
+        record = self.store.get_version(version)
+        base = Path(self.store.get_version(self.base.version).path)
+        if is_delta_path(record.path):
+            return TrainingFiles(base, Path(record.path), base)
+        return TrainingFiles(Path(record.path), None, base)
+
+    # -- changes ----------------------------------------------------------------------------------
 
     def candidate_path(self, job_id: int) -> Path:
-        """Where a job's trainer writes its fine-tuned checkpoint (its weights file goes beside it)."""
-        return self.models_dir / f"job-{job_id}.pt"
+        """Where a job's trainer writes its candidate: a delta file on the base."""
+        return self.models_dir / f"job-{job_id}{DELTA_SUFFIX}"
 
     def discard_candidate(self, job_id: int) -> None:
         """Remove what a job's trainer wrote, when it is not to become a version."""
-        path = self.candidate_path(job_id)
-        path.unlink(missing_ok=True)
-        weights_path_for(path).unlink(missing_ok=True)
+        self.candidate_path(job_id).unlink(missing_ok=True)
 
     def register(
         self,
         path: Path,
         *,
+        context: str,
         parent_version: int,
         job_id: int,
         accuracy: dict[str, float],
         activate: bool,
         notes: str,
     ) -> int:
-        """Record a trained model as a version; ``activate`` also makes it the one served."""
+        """Record a trained candidate as a version of ``context``'s scope; ``activate`` also makes
+        it the one that scope is served."""
+        scope = self.scope_of(context)
         model = self.load(path) if activate else None
         with self._swap_lock:
             version = self.store.add_model_version(
-                path, parent_version=parent_version, job_id=job_id, accuracy=accuracy, notes=notes, activate=activate
+                path, scope=scope, delta_of=self.base.version if is_delta_path(path) else None,
+                parent_version=parent_version, job_id=job_id, accuracy=accuracy, notes=notes, activate=activate,
             )
             if model is not None:
-                self._active = LoadedModel(version, model)
+                self._loaded = {**self._loaded, version: LoadedModel(version, model)}
+                self._scopes = {**self._scopes, scope: version}
+                self._drop_unserved()
         return version
 
-    def activate(self, version: int) -> ModelVersion:
-        """Serve ``version`` from now on (rollback or roll forward); the file is loaded first."""
+    def activate(self, version: int, context: str) -> ModelVersion:
+        """Serve ``version`` to ``context``'s scope from now on (rollback or roll forward); the
+        file is loaded first."""
+        scope = self.scope_of(context)
         record = self.store.get_version(version)
-        model = self.load(record.path)
+        model = self._loaded.get(version) or LoadedModel(version, self.load(record.path))
         with self._swap_lock:
-            record = self.store.activate(version)
-            self._active = LoadedModel(version, model)
+            record = self.store.activate(version, scope)
+            self._loaded = {**self._loaded, version: model}
+            self._scopes = {**self._scopes, scope: version}
+            self._drop_unserved()
         return record
 
-    def prune(self, keep: int) -> list[ModelVersion]:
-        """Drop all but the newest ``keep`` versions (never the active one) and their files."""
-        removed = self.store.prune_versions(keep)
+    def prune(self, context: str, keep: int) -> list[ModelVersion]:
+        """Drop all but the newest ``keep`` versions of ``context``'s scope (never the base, the
+        default, nor any scope's active version). Files are deleted only after the store's commit
+        that forgot them is on stable storage: a crash between leaves files that the next start
+        sweeps, never a version without its file."""
+        removed = self.store.prune_versions(keep, self.scope_of(context))
         for record in removed:
             path = Path(record.path)
             if path.parent == self.models_dir:
                 path.unlink(missing_ok=True)
-                weights_path_for(path).unlink(missing_ok=True)
+                if not is_delta_path(path):
+                    weights_path_for(path).unlink(missing_ok=True)
         return removed
-
-    def predict(self, x: np.ndarray) -> tuple[int, Prediction]:
-        """Classes and probabilities from the active model, with its version."""
-        loaded = self.active
-        return loaded.version, loaded.model.predict(x)
 
 
 def convert_checkpoint(checkpoint: Path, weights: Path, described: Path | None = None) -> Path:

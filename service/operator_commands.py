@@ -77,14 +77,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     energy.set_defaults(func=energy_command)
 
     models = subparsers.add_parser(
-        "models", parents=[common], help="model versions; `models activate VERSION` rolls back or forward",
-        description="List the stored model versions, or make one active.")
+        "models", parents=[common], help="a context's model versions; `models activate VERSION` rolls back or forward",
+        description="List a context's model versions (its own and the base), or make one the model it is served.")
+    models.add_argument("--context", default="default", help="the context (default: default)")
     models.set_defaults(func=models_command)
     model_commands = models.add_subparsers(dest="models_command", metavar="COMMAND")
     activate = model_commands.add_parser(
-        "activate", parents=[nested], help="make VERSION the active model",
-        description="Make VERSION the active model: a rollback or a roll forward.")
+        "activate", parents=[nested], help="serve VERSION to a context",
+        description="Serve VERSION to a context: a rollback or a roll forward of that context's model only.")
     activate.add_argument("version", type=int, metavar="VERSION")
+    activate.add_argument("--context", default=argparse.SUPPRESS, help="the context (default: default)")
     activate.set_defaults(func=activate_command)
 
 
@@ -114,7 +116,9 @@ def status_command(args: argparse.Namespace) -> int:
     rows = [
         ("daemon", client.url),
         ("uptime", format_duration(status["uptime_seconds"])),
-        ("model version", str(status["model_version"])),
+        ("model version", f"{status['models']['default']} (default model)"),
+        ("context models", ", ".join(f"{name} v{version}" for name, version in status["models"]["contexts"].items())
+         or "none: every context has the default model"),
         ("buffer", (f"{buffer['samples']:,} / {buffer['max_samples']:,} samples, "
                     f"{format_bytes(buffer['bytes'])} / {format_bytes(buffer['max_bytes'])} "
                     f"({100 * buffer['fill']:.1f}% full)")),
@@ -143,21 +147,20 @@ def jobs_command(args: argparse.Namespace) -> int:
     if not jobs:
         print("no jobs")
         return 0
-    since = min(job["created_at"] for job in jobs) - 1.0
-    energy = {row["job_id"]: row for row in _call(client, lambda: client.energy(since=since))["jobs"]}
-    headers = ("job", "context", "state", "drift", "block", "samples", "val acc before → after %",
+    headers = ("job", "context", "state", "outcome", "drift", "block", "samples", "val acc before → after %",
                "version", "created", "seconds (s)", "joules (J)", "energy source")
     rows = []
     for job in jobs:
-        record = energy.get(job["id"])
+        record = job.get("energy")
         rows.append((
-            str(job["id"]), job["context"], job["state"], job["drift_type"] or "-", job["block"] or "-",
-            _integer(job["sample_count"]), _accuracy_change(job["accuracy_before"], job["accuracy_after"]),
+            str(job["id"]), job["context"], job["state"], job_outcome(job), job["drift_type"] or "-",
+            job["block"] or "-", _integer(job["sample_count"]),
+            _accuracy_change(job["accuracy_before"], job["accuracy_after"]),
             _version_change(job), format_time(job["created_at"]),
             _number(record["seconds"] if record else None, 1), _number(record["joules"] if record else None, 1),
             record["source"] if record else "-",
         ))
-    print_table(headers, rows, numeric=(0, 5, 9, 10))
+    print_table(headers, rows, numeric=(0, 6, 10, 11))
     return 0
 
 
@@ -210,28 +213,33 @@ def energy_command(args: argparse.Namespace) -> int:
 def models_command(args: argparse.Namespace) -> int:
     """List the model versions."""
     client = _client(args)
-    models = _call(client, client.models)
+    models = _call(client, lambda: client.models(args.context))
     if args.json:
         return _print_json(models)
-    headers = ("version", "active", "parent", "job", "created", "val acc before → after %", "notes")
+    scope = models["scope"]
+    print(f"context {models['context']}" + (f" (shares group {scope}'s model)" if scope != models["context"] else "")
+          + f": served version {models['active']}" + (" (the default model)" if models["active"] == models["default"] else ""))
+    headers = ("version", "served", "of", "parent", "job", "created", "val acc before → after %", "notes")
     rows = []
     for v in models["versions"]:
         accuracy = v.get("accuracy") or {}
-        rows.append((str(v["version"]), "*" if v["active"] else "", _integer(v["parent_version"]),
-                     _integer(v["job_id"]), format_time(v["created_at"]),
-                     _accuracy_change(accuracy.get("before"), accuracy.get("after")), v.get("notes") or ""))
-    print_table(headers, rows, numeric=(0, 2, 3))
+        rows.append((str(v["version"]), "*" if v["version"] == models["active"] else "",
+                     v.get("scope") or "base", _integer(v["parent_version"]), _integer(v["job_id"]),
+                     format_time(v["created_at"]), _accuracy_change(accuracy.get("before"), accuracy.get("after")),
+                     v.get("notes") or ""))
+    print_table(headers, rows, numeric=(0, 3, 4))
     return 0
 
 
 def activate_command(args: argparse.Namespace) -> int:
-    """Make a version the active model."""
+    """Serve a version to a context."""
     client = _client(args)
-    before = _call(client, client.models)["active"]
-    version = _call(client, lambda: client.activate(args.version))
+    context = getattr(args, "context", "default")
+    before = _call(client, lambda: client.models(context))["active"]
+    version = _call(client, lambda: client.activate(args.version, context))
     if args.json:
         return _print_json(version)
-    print(f"active model: version {version['version']} (was {before})")
+    print(f"context {context}: serving version {version['version']} (was {before})")
     return 0
 
 
@@ -285,13 +293,24 @@ def describe_progress(progress: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
+def job_outcome(job: dict[str, Any]) -> str:
+    """What a job came to: ``decision.outcome`` (promoted, kept the model, nothing to adapt), else
+    its state's word."""
+    outcome = (job.get("decision") or {}).get("outcome")
+    if outcome:
+        return str(outcome)
+    return {"succeeded": "done", "queued": "-", "running": "-"}.get(job["state"], job["state"])
+
+
 def describe_outcome(job: dict[str, Any]) -> str:
     """One line on a finished job: state, block, accuracy, seconds, joules and their source."""
     text = f"job {job['id']} {job['state']}: {job.get('block') or '-'} on {job['context']}"
     if job.get("accuracy_before") is not None and job.get("accuracy_after") is not None:
         text += f", validation accuracy {_accuracy_change(job['accuracy_before'], job['accuracy_after'])}%"
     decision = job.get("decision") or {}
-    if decision:
+    if decision.get("outcome") == "nothing to adapt":
+        text += ", nothing to adapt (no drift detected)"
+    elif decision:
         text += f", {'promoted to' if decision.get('promoted') else 'not promoted:'} version {decision.get('version')}"
     energy = job.get("energy")
     if energy:

@@ -82,7 +82,9 @@ def status_text(daemon: Daemon) -> str:
     job_id = jobs.running_job
     if job_id is None:
         usage = daemon.store.buffer_usage()
-        text = f"idle, {usage.samples} samples buffered, model version {daemon.registry.active.version}"
+        models = len(daemon.registry.scope_versions())
+        text = (f"idle, {usage.samples} samples buffered, model version {daemon.registry.default_version}"
+                + (f" (+{models} context model{'s' * (models != 1)})" if models else ""))
         queued = len(daemon.store.list_jobs(state="queued", limit=100))
         return text + (f", {queued} job{'s' * (queued != 1)} queued" if queued else "")
     block = daemon.store.get_job(job_id).block or "full"

@@ -23,6 +23,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import textwrap
 import tomllib
 import typing
@@ -153,8 +154,9 @@ class Settings:
     )
     max_buffer_samples: int = setting(
         20_000,
-        "Capacity of the sample buffer, in samples. When full, the oldest samples of contexts "
-        "with no pending job are evicted; if that is not enough the batch is refused.",
+        "Capacity of the sample buffer, in samples. When full, samples a job has trained on go "
+        "first, then the oldest of the context holding the most (never a context with a pending "
+        "job); if that is not enough the batch is refused (507).",
         minimum=1,
     )
     max_buffer_bytes: int = setting(
@@ -163,8 +165,43 @@ class Settings:
         minimum=1024,
         size=True,
     )
+    max_context_samples: int | None = setting(
+        5_000,
+        "Most samples one context keeps: over it, its samples a job has trained on go first, then "
+        "its oldest (507 while a pending job holds them). Empty: no quota.",
+        minimum=1,
+    )
+    max_device_samples: int | None = setting(
+        2_500,
+        "Most samples one device (`device_id`) keeps across contexts: over it, its samples a job "
+        "has trained on go first; if none have been, the batch gets 429 until a job uses them. "
+        "Empty: no quota.",
+        minimum=1,
+    )
     keep_versions: int = setting(
-        5, "Model versions kept on disk; older ones are pruned (never the active one).", minimum=1
+        5,
+        "Model versions kept per context; older ones are pruned. Never pruned: the base model, the "
+        "default model and any context's active version.",
+        minimum=1,
+    )
+    model_groups: str | None = setting(
+        None,
+        "Contexts that share one model, as `group=context,context;group=context,...`: their jobs "
+        "adapt and their predictions use the group's model. Every other context has a model of "
+        "its own.",
+        example="lobby=cam-1,cam-2",
+    )
+    hint_expiry_seconds: float = setting(
+        86_400.0,
+        "A drift hint still waiting for samples this long after it was posted expires (its "
+        "state says so) and starts no job.",
+        minimum=1,
+    )
+    idempotency_key_seconds: float = setting(
+        86_400.0,
+        "How long a POST's `Idempotency-Key` is remembered: a retry within it gets the first "
+        "answer and stores nothing again.",
+        minimum=1,
     )
 
     # --- Jobs -------------------------------------------------------------------------------------
@@ -347,6 +384,10 @@ class Settings:
     def models_dir(self) -> Path:
         """The directory of model versions inside ``data_dir``."""
         return self.data_dir / "models"
+
+    def context_groups(self) -> dict[str, str]:
+        """``model_groups`` as a mapping from each grouped context to its group."""
+        return parse_model_groups(self.model_groups or "", "model_groups")
 
     def block_mapping(self) -> BlockMapping:
         """The drift type → block rule these settings give."""
@@ -654,8 +695,30 @@ def _check_together(settings: Settings) -> None:
             f"api_token: required when host is not a loopback address (host "
             f"{settings.host!r}{origin('host')}); set {SETTINGS_BY_NAME['api_token'].env_var}"
         )
+    if settings.model_groups:
+        parse_model_groups(settings.model_groups, f"model_groups{origin('model_groups')}")
     if settings.meter_line_keys and not settings.meter_line_columns:
         raise SettingsError(f"meter_line_keys: needs meter_line_columns{origin('meter_line_keys')}")
+
+
+_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def parse_model_groups(text: str, source: str) -> dict[str, str]:
+    """``group=context,context;group=...`` as ``{context: group}``; SettingsError names what is wrong."""
+    groups: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        group, sep, members = part.partition("=")
+        contexts = [c.strip() for c in members.split(",") if c.strip()]
+        if not sep or not _NAME.fullmatch(group.strip()) or not contexts:
+            raise SettingsError(f"{source}: expected group=context,context;... got {part!r}")
+        for context in contexts:
+            if not _NAME.fullmatch(context):
+                raise SettingsError(f"{source}: {context!r} is not a context name (letters, digits, ._:-)")
+            if context in groups:
+                raise SettingsError(f"{source}: context {context!r} is in two groups ({groups[context]}, {group.strip()})")
+            groups[context] = group.strip()
+    return groups
 
 
 def _suggestion(name: str) -> str:

@@ -40,10 +40,14 @@ from typing import Any, NamedTuple, Self, TypeVar
 import numpy as np
 from sqlite_utils import Database
 
+from service.eviction import BufferFull, BufferLimits, Eviction, QuotaExceeded, StoreRefusal, make_room
+
+__all__ = ["BufferFull", "QuotaExceeded", "StoreRefusal"]  # the refusals add_samples raises, re-exported
+
 T = TypeVar("T")
 
 #: Bumped with each entry appended to ``_MIGRATIONS``; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 JOB_STATES: tuple[str, ...] = (
     "queued", "running", "succeeded", "failed", "cancelled", "interrupted",
@@ -156,6 +160,32 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX IF NOT EXISTS model_versions_one_active "
         "ON model_versions (active) WHERE active = 1",
     ),
+    (
+        # A version belongs to one model scope: the context it was trained for, or the model group
+        # (settings.model_groups) that context shares; NULL for the base and for versions made
+        # before per-context models. delta_of: the full version its file is a delta of.
+        # ALTER TABLE has no IF NOT EXISTS; the migration's single transaction makes it safe.
+        "ALTER TABLE model_versions ADD COLUMN scope TEXT",
+        "ALTER TABLE model_versions ADD COLUMN delta_of INTEGER REFERENCES model_versions (version)",
+        "CREATE INDEX IF NOT EXISTS model_versions_by_scope ON model_versions (scope, version)",
+        # The active version of each scope; a scope without a row serves the default (active = 1).
+        """CREATE TABLE IF NOT EXISTS scope_models (
+            scope TEXT PRIMARY KEY,
+            version INTEGER NOT NULL REFERENCES model_versions (version),
+            activated_at REAL NOT NULL
+        )""",
+        "ALTER TABLE drift_hints ADD COLUMN expired_at REAL",  # set when a waiting hint timed out
+        """CREATE TABLE IF NOT EXISTS idempotency_keys (
+            key TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,              -- sha256 of the request it answered
+            status INTEGER NOT NULL,
+            response TEXT NOT NULL,                 -- JSON body answered
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS idempotency_keys_by_time ON idempotency_keys (created_at)",
+        # Covers per-device counts for the device quota.
+        "CREATE INDEX IF NOT EXISTS samples_by_device ON samples (device_id, id, payload_bytes)",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -178,28 +208,8 @@ class MixedSamples(StoreError, ValueError):
     Nothing was written; the API answers 409."""
 
 
-class BufferFull(StoreError):
-    """A batch does not fit: evicting every evictable sample would not make room for it.
-
-    Nothing was written or evicted. The API answers 507. Attributes say by how much.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        batch_samples: int,
-        batch_bytes: int,
-        evictable_samples: int,
-        evictable_bytes: int,
-        protected_contexts: tuple[str, ...],
-    ) -> None:
-        super().__init__(message)
-        self.batch_samples = batch_samples
-        self.batch_bytes = batch_bytes
-        self.evictable_samples = evictable_samples
-        self.evictable_bytes = evictable_bytes
-        self.protected_contexts = protected_contexts
+class IdempotencyConflict(StoreError, ValueError):
+    """An ``Idempotency-Key`` already used for a different request (the API answers 422)."""
 
 
 @dataclass(frozen=True)
@@ -221,12 +231,39 @@ class BufferUsage(NamedTuple):
 
 @dataclass(frozen=True)
 class AddResult:
-    """What :meth:`Store.add_samples` did: the new ids, and what it evicted to make room."""
+    """What :meth:`Store.add_samples` did: the new ids, and what it evicted to make room and why.
+
+    ``replayed`` is True when an idempotency key had already stored this batch: nothing was
+    written, and the rest describes the first time.
+    """
 
     ids: list[int]
     evicted: int
     evicted_contexts: dict[str, int]
     usage: BufferUsage
+    evictions: list[Eviction] = field(default_factory=list)
+    replayed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (what an idempotency key stores)."""
+        return {"ids": self.ids, "evicted": self.evicted, "evicted_contexts": self.evicted_contexts,
+                "usage": list(self.usage), "evictions": [e.to_dict() for e in self.evictions]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, replayed: bool) -> AddResult:
+        """Inverse of :meth:`to_dict`."""
+        return cls(ids=list(data["ids"]), evicted=int(data["evicted"]), evicted_contexts=dict(data["evicted_contexts"]),
+                   usage=BufferUsage(*data["usage"]), evictions=[Eviction(**e) for e in data["evictions"]],
+                   replayed=replayed)
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """What an idempotency key answered the first time: the request's fingerprint, status, body."""
+
+    fingerprint: str
+    status: int
+    body: Any
 
 
 @dataclass(frozen=True)
@@ -278,15 +315,28 @@ class Hint:
     min_samples: int | None
     created_at: float
     job_id: int | None
+    expired_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        """``scheduled`` (linked to a job), ``expired`` (timed out waiting) or ``waiting``."""
+        if self.job_id is not None:
+            return "scheduled"
+        return "expired" if self.expired_at is not None else "waiting"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
-        return asdict(self)
+        """A JSON-ready dictionary, with the hint's ``state``."""
+        return {**asdict(self), "state": self.state}
 
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """A stored model version; ``path`` is the weights file, ``accuracy`` free-form JSON."""
+    """A stored model version; ``path`` is its file, ``accuracy`` free-form JSON.
+
+    ``scope`` is the context (or model group) whose history it belongs to, None for the base;
+    ``delta_of`` the full version its file is a delta of (None: a full checkpoint). ``active``
+    marks the default model, which scopes without a model of their own serve.
+    """
 
     version: int
     path: str
@@ -296,6 +346,8 @@ class ModelVersion:
     accuracy: dict[str, Any] | None
     active: bool
     notes: str | None
+    scope: str | None = None
+    delta_of: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""
@@ -363,23 +415,21 @@ _ENERGY_COLUMNS = (
 class Store:
     """The daemon's SQLite store. Open with :meth:`open`; close with :meth:`close` (or ``with``).
 
-    Safe to call from any thread. ``max_samples``/``max_bytes`` bound the sample buffer (None:
-    unbounded). ``clock`` gives the times recorded in rows (seconds since the epoch).
+    Safe to call from any thread. ``limits`` bound the sample buffer and set its quotas
+    (:mod:`service.eviction`). ``clock`` gives the times recorded in rows (seconds since the epoch).
     """
 
     def __init__(
         self,
         path: Path,
         *,
-        max_samples: int | None,
-        max_bytes: int | None,
+        limits: BufferLimits,
         busy_timeout_seconds: float,
         clock: Callable[[], float],
     ) -> None:
         # Use Store.open(): this only sets fields; open() starts the writer.
         self.path = path
-        self.max_samples = max_samples
-        self.max_bytes = max_bytes
+        self.limits = limits
         self.busy_timeout_seconds = busy_timeout_seconds
         self.clock = clock
         self._queue: SimpleQueue[_Task | None] = SimpleQueue()
@@ -404,23 +454,26 @@ class Store:
         *,
         max_samples: int | None = None,
         max_bytes: int | None = None,
+        max_context_samples: int | None = None,
+        max_device_samples: int | None = None,
         busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> Store:
         """Open (creating or migrating) the database at ``path`` and start the writer thread.
 
-        The parent directory is created if needed. A database from a newer tbftd (higher schema
-        version) is refused with :class:`StoreError`.
+        ``max_samples``/``max_bytes`` bound the buffer, ``max_context_samples`` and
+        ``max_device_samples`` are the quotas (None: no limit). The parent directory is created if
+        needed. A database from a newer tbftd (higher schema version) is refused with :class:`StoreError`.
         """
         path = Path(path)
-        for limit, name in ((max_samples, "max_samples"), (max_bytes, "max_bytes")):
+        limits = BufferLimits(max_samples, max_bytes, max_context_samples, max_device_samples)
+        for name, limit in vars(limits).items():
             if limit is not None and limit < 1:
                 raise ValueError(f"{name} must be at least 1, got {limit}")
         path.parent.mkdir(parents=True, exist_ok=True)
         store = cls(
             path,
-            max_samples=max_samples,
-            max_bytes=max_bytes,
+            limits=limits,
             busy_timeout_seconds=busy_timeout_seconds,
             clock=clock,
         )
@@ -650,13 +703,19 @@ class Store:
         device_id: str | None,
         labels: Sequence[int] | np.ndarray,
         payloads: np.ndarray,
+        *,
+        idempotency: tuple[str, str] | None = None,
     ) -> AddResult:
         """Store a batch atomically: ``payloads[i]`` (any numeric dtype) labelled ``labels[i]``.
 
         Arrays are stored little-endian with their dtype and shape and come back bit-exact from
-        :meth:`load_samples`. Makes room by evicting, see the module docstring; raises
-        :class:`BufferFull` (nothing written) when it cannot, and :class:`MixedSamples` for a batch
-        of another dtype or shape than the context holds.
+        :meth:`load_samples`. Makes room under the buffer's quotas and capacity
+        (:mod:`service.eviction`), raising :class:`QuotaExceeded` or :class:`BufferFull` (nothing
+        written) when it cannot, and :class:`MixedSamples` for a batch of another dtype or shape than
+        the context holds. ``idempotency`` is ``(key, request fingerprint)``: a key already used for
+        the same request returns the first result with ``replayed`` set and writes nothing; for
+        another request it raises :class:`IdempotencyConflict`. The key is stored in the batch's
+        own transaction, so a batch is never stored twice, even across a crash.
         """
         payloads = np.asarray(payloads)
         label_array = np.asarray(labels).reshape(-1)
@@ -677,6 +736,10 @@ class Store:
         batch_bytes = sum(len(blob) for blob in blobs)
 
         def add(db: Database) -> AddResult:
+            if idempotency is not None:
+                stored = self._stored_response(db.conn, *idempotency)
+                if stored is not None:
+                    return AddResult.from_dict(stored.body["stored"], replayed=True)
             # In the write transaction: two first batches racing into an empty context cannot mix.
             held = db.conn.execute(
                 "SELECT dtype, shape FROM samples WHERE context = ? LIMIT 1", (context,)
@@ -687,7 +750,8 @@ class Store:
                     f"batch is {dtype_name} of shape {tuple(batch.shape[1:])}; a job trains on one array, so send "
                     f"{held[0]} or use another context"
                 )
-            evicted_contexts, room = self._make_room(db.conn, len(blobs), batch_bytes)
+            evictions = make_room(db.conn, self.limits, context=context, device_id=device_id,
+                                  batch_samples=len(blobs), batch_bytes=batch_bytes)
             now = self.clock()
             ids = []
             for label, blob in zip(label_list, blobs):
@@ -697,82 +761,56 @@ class Store:
                     (context, device_id, label, dtype_name, shape_json, blob, len(blob), now),
                 )
                 ids.append(int(cursor.lastrowid or 0))
-            return AddResult(
-                ids=ids,
-                evicted=sum(evicted_contexts.values()),
-                evicted_contexts=evicted_contexts,
-                usage=BufferUsage(room.samples + len(blobs), room.bytes + batch_bytes),
-            )
+            evicted_contexts: dict[str, int] = {}
+            for eviction in evictions:
+                evicted_contexts[eviction.context] = evicted_contexts.get(eviction.context, 0) + eviction.samples
+            result = AddResult(ids=ids, evicted=sum(evicted_contexts.values()),
+                               evicted_contexts=dict(sorted(evicted_contexts.items())),
+                               usage=_usage(db.conn), evictions=evictions)
+            if idempotency is not None:
+                self._save_response(db.conn, *idempotency, 201, {"stored": result.to_dict()})
+            return result
 
         return self.write(add)
 
-    def _make_room(
-        self, conn: sqlite3.Connection, batch_samples: int, batch_bytes: int
-    ) -> tuple[dict[str, int], BufferUsage]:
-        """Evict what a batch needs, oldest first among evictable contexts.
+    # --- idempotency keys ------------------------------------------------------------------------
 
-        Returns ``{context: samples evicted}`` and the buffer usage after eviction.
-        Contexts with a pending job are never touched. Contexts with a hint still waiting for
-        samples go last, since a job for them is near. Raises BufferFull before deleting anything
-        if even all evictable samples would not do.
-        """
-        used = _usage(conn)
-        excess_samples = used.samples + batch_samples - self.max_samples if self.max_samples else 0
-        excess_bytes = used.bytes + batch_bytes - self.max_bytes if self.max_bytes else 0
-        if excess_samples <= 0 and excess_bytes <= 0:
-            return {}, used
-        protected = tuple(
-            row[0]
-            for row in conn.execute(
-                f"SELECT DISTINCT context FROM jobs WHERE state IN ({_PENDING_SQL}) "
-                "ORDER BY context"
-            )
-        )
-        victims: list[int] = []
-        evicted: dict[str, int] = {}
-        freed_samples = freed_bytes = 0
-        # Two passes in id (= arrival) order; each stops reading as soon as enough is found.
-        for waiting in (False, True):
-            if freed_samples >= excess_samples and freed_bytes >= excess_bytes:
-                break
-            rows = conn.execute(
-                f"""SELECT id, context, payload_bytes FROM samples
-                WHERE context NOT IN (SELECT context FROM jobs WHERE state IN ({_PENDING_SQL}))
-                AND (context IN (SELECT context FROM drift_hints WHERE job_id IS NULL)) = ?
-                ORDER BY id""",
-                (int(waiting),),
-            )
-            for sample_id, context, nbytes in rows:
-                if freed_samples >= excess_samples and freed_bytes >= excess_bytes:
-                    break
-                victims.append(sample_id)
-                evicted[context] = evicted.get(context, 0) + 1
-                freed_samples += 1
-                freed_bytes += nbytes
-            rows.close()
-        if freed_samples < excess_samples or freed_bytes < excess_bytes:
-            evictable_samples, evictable_bytes = conn.execute(
-                f"""SELECT count(*), coalesce(sum(payload_bytes), 0) FROM samples
-                WHERE context NOT IN (SELECT context FROM jobs WHERE state IN ({_PENDING_SQL}))"""
-            ).fetchone()
-            raise BufferFull(
-                f"sample buffer full: {used.samples} of {self.max_samples or 'unlimited'} samples, "
-                f"{used.bytes} of {self.max_bytes or 'unlimited'} bytes in use; a batch of "
-                f"{batch_samples} samples ({batch_bytes} bytes) does not fit even after evicting "
-                f"all {evictable_samples} evictable samples; samples of contexts with a pending "
-                f"job are kept ({', '.join(map(repr, protected)) or 'none'})",
-                batch_samples=batch_samples,
-                batch_bytes=batch_bytes,
-                evictable_samples=int(evictable_samples),
-                evictable_bytes=int(evictable_bytes),
-                protected_contexts=protected,
-            )
+    def stored_response(self, key: str, fingerprint: str) -> StoredResponse | None:
+        """What ``key`` answered before (None: unused); :class:`IdempotencyConflict` if it answered
+        another request than ``fingerprint``."""
+        return self._stored_response(self._reader().conn, key, fingerprint)
+
+    def save_response(self, key: str, fingerprint: str, status: int, body: Any) -> None:
+        """Remember what ``key`` answered, replacing what a batch stored with the full response."""
+        self.write(lambda db: self._save_response(db.conn, key, fingerprint, status, body))
+
+    def expire_idempotency_keys(self, older_than: float) -> int:
+        """Forget keys stored before ``older_than`` (epoch seconds); returns how many."""
+        found = self._reader().conn.execute(
+            "SELECT 1 FROM idempotency_keys WHERE created_at < ? LIMIT 1", (older_than,)).fetchone()
+        if found is None:  # a read first: no write (and fsync) when there is nothing to forget
+            return 0
+        return self.write(lambda db: db.conn.execute(
+            "DELETE FROM idempotency_keys WHERE created_at < ?", (older_than,)).rowcount)
+
+    def _stored_response(self, conn: sqlite3.Connection, key: str, fingerprint: str) -> StoredResponse | None:
+        row = conn.execute("SELECT fingerprint, status, response FROM idempotency_keys WHERE key = ?",
+                           (key,)).fetchone()
+        if row is None:
+            return None
+        if row[0] != fingerprint:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {key!r} was used for a different request; a retry must repeat the same "
+                "method, path, query and body, and a new request needs a new key")
+        return StoredResponse(row[0], int(row[1]), json.loads(row[2]))
+
+    def _save_response(self, conn: sqlite3.Connection, key: str, fingerprint: str, status: int, body: Any) -> None:
         conn.execute(
-            "DELETE FROM samples WHERE id IN (SELECT value FROM json_each(?))",
-            (json.dumps(victims),),
+            "INSERT INTO idempotency_keys (key, fingerprint, status, response, created_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET status = excluded.status, response = excluded.response "
+            "WHERE fingerprint = excluded.fingerprint",
+            (key, fingerprint, status, _json(body), self.clock()),
         )
-        left = BufferUsage(used.samples - freed_samples, used.bytes - freed_bytes)
-        return dict(sorted(evicted.items())), left
 
     def load_samples(
         self,
@@ -885,8 +923,33 @@ class Store:
         )
 
     def waiting_hints(self, context: str | None = None) -> list[Hint]:
-        """Hints not yet linked to a job, oldest first."""
+        """Hints not yet linked to a job nor expired, oldest first."""
         return self.list_hints(context=context, waiting=True, limit=None)
+
+    def get_hint(self, hint_id: int) -> Hint:
+        """The hint with ``hint_id``; NotFound otherwise."""
+        rows = self._reader().query("SELECT * FROM drift_hints WHERE id = ?", [hint_id])
+        found = next((_hint(row) for row in rows), None)
+        if found is None:
+            raise NotFound(f"no drift hint {hint_id}")
+        return found
+
+    def expire_hints(self, created_before: float) -> list[Hint]:
+        """Mark expired the hints still waiting that were made before ``created_before`` (epoch
+        seconds); returns them. Writes nothing (no fsync) when none is due."""
+        due = "job_id IS NULL AND expired_at IS NULL AND created_at < ?"
+        if self._reader().conn.execute(f"SELECT 1 FROM drift_hints WHERE {due} LIMIT 1",
+                                       (created_before,)).fetchone() is None:
+            return []
+
+        def expire(db: Database) -> list[Hint]:
+            ids = [row[0] for row in db.conn.execute(f"SELECT id FROM drift_hints WHERE {due}", (created_before,))]
+            db.conn.execute("UPDATE drift_hints SET expired_at = ? WHERE id IN (SELECT value FROM json_each(?))",
+                            (self.clock(), json.dumps(ids)))
+            return [_hint(row) for row in db.query(
+                "SELECT * FROM drift_hints WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id", [json.dumps(ids)])]
+
+        return self.write(expire)
 
     def list_hints(
         self,
@@ -894,13 +957,19 @@ class Store:
         *,
         job_id: int | None = None,
         waiting: bool = False,
+        state: str | None = None,
+        newest_first: bool = False,
         limit: int | None = 100,
     ) -> list[Hint]:
-        """Hints, oldest first, filtered by context, job, or still waiting."""
+        """Hints, oldest first (or newest first), filtered by context, job, or state (``waiting``,
+        ``scheduled``, ``expired``; ``waiting=True`` is ``state="waiting"``)."""
         where, params = _where(context=context, job_id=job_id)
-        if waiting:
-            where.append("job_id IS NULL")
-        sql = "SELECT * FROM drift_hints" + _and(where) + " ORDER BY id" + _limit(limit)
+        state = "waiting" if waiting else state
+        if state is not None:
+            where.append({"waiting": "job_id IS NULL AND expired_at IS NULL", "scheduled": "job_id IS NOT NULL",
+                          "expired": "job_id IS NULL AND expired_at IS NOT NULL"}[state])
+        order = " ORDER BY id DESC" if newest_first else " ORDER BY id"
+        sql = "SELECT * FROM drift_hints" + _and(where) + order + _limit(limit)
         return [_hint(row) for row in self._reader().query(sql, params)]
 
     # --- jobs ------------------------------------------------------------------------------------
@@ -1170,6 +1239,12 @@ class Store:
         rows = db.query(_ENERGY_SELECT + " WHERE e.job_id = ?", [job_id])
         return next((_energy(row) for row in rows), None)
 
+    def energy_of_jobs(self, job_ids: Iterable[int]) -> dict[int, EnergyRecord]:
+        """The energy records of ``job_ids`` that have one, by job id (one query for a list)."""
+        rows = self._reader().query(_ENERGY_SELECT + " WHERE e.job_id IN (SELECT value FROM json_each(?))",
+                                    [json.dumps([int(i) for i in job_ids])])
+        return {record.job_id: record for record in map(_energy, rows)}
+
     def power_trace(self, job_id: int) -> list[TracePoint]:
         """A job's power readings, in order; empty if none were saved (NotFound: unknown job)."""
         db = self._reader()
@@ -1193,43 +1268,72 @@ class Store:
         self,
         path: str | Path,
         *,
+        scope: str | None = None,
+        delta_of: int | None = None,
         parent_version: int | None = None,
         job_id: int | None = None,
         accuracy: Mapping[str, Any] | None = None,
         notes: str | None = None,
         activate: bool = False,
     ) -> int:
-        """Record a model version (its weights already at ``path``); returns its number.
+        """Record a model version (its file already at ``path``); returns its number.
 
-        Numbers are never reused. ``activate`` makes it the active version in the same transaction.
+        Numbers are never reused. ``activate`` makes it, in the same transaction, the active
+        version of ``scope``, or the default model when ``scope`` is None.
         """
 
         def add(db: Database) -> int:
             cursor = db.conn.execute(
                 "INSERT INTO model_versions (path, parent_version, job_id, created_at, accuracy, "
-                "notes) VALUES (?, ?, ?, ?, ?, ?)",
-                (str(path), parent_version, job_id, self.clock(), _json(accuracy), notes),
+                "notes, scope, delta_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (str(path), parent_version, job_id, self.clock(), _json(accuracy), notes, scope, delta_of),
             )
             version = int(cursor.lastrowid or 0)
             if activate:
-                _activate(db, version)
+                self._activate(db, version, scope)
             return version
 
         return self.write(add)
 
-    def activate(self, version: int) -> ModelVersion:
-        """Make ``version`` the only active version (rollback or roll forward); NotFound if
-        there is no such version."""
+    def activate(self, version: int, scope: str | None = None) -> ModelVersion:
+        """Make ``version`` the active version of ``scope`` (rollback or roll forward), or the
+        default model when ``scope`` is None; NotFound if there is no such version."""
 
         def run(db: Database) -> ModelVersion:
-            _activate(db, version)
+            self._activate(db, version, scope)
             return _version(db.table("model_versions").get(version))
 
         return self.write(run)
 
+    def _activate(self, db: Database, version: int, scope: str | None) -> None:
+        exists = db.conn.execute("SELECT 1 FROM model_versions WHERE version = ?", (version,))
+        if exists.fetchone() is None:
+            raise NotFound(f"no model version {version}")
+        if scope is None:
+            # Both statements in the caller's transaction: readers see the old or the new default.
+            db.conn.execute("UPDATE model_versions SET active = 0 WHERE active = 1 AND version != ?", (version,))
+            db.conn.execute("UPDATE model_versions SET active = 1 WHERE version = ?", (version,))
+        else:
+            db.conn.execute(
+                "INSERT INTO scope_models (scope, version, activated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (scope) DO UPDATE SET version = excluded.version, activated_at = excluded.activated_at",
+                (scope, version, self.clock()),
+            )
+
     def active_version(self) -> ModelVersion | None:
-        """The active model version, None before the first is activated."""
+        """The default model version (what scopes without their own serve); None before the first."""
         rows = self._reader().query("SELECT * FROM model_versions WHERE active = 1")
+        return next((_version(row) for row in rows), None)
+
+    def scope_versions(self) -> dict[str, int]:
+        """The active version of every scope that has a model of its own."""
+        rows = self._reader().conn.execute("SELECT scope, version FROM scope_models ORDER BY scope")
+        return {scope: int(version) for scope, version in rows}
+
+    def base_version(self) -> ModelVersion | None:
+        """The base model: the oldest version no job made (None in a store without one)."""
+        rows = self._reader().query(
+            "SELECT * FROM model_versions WHERE job_id IS NULL ORDER BY version LIMIT 1")
         return next((_version(row) for row in rows), None)
 
     def get_version(self, version: int) -> ModelVersion:
@@ -1240,15 +1344,23 @@ class Store:
             raise NotFound(f"no model version {version}")
         return found
 
-    def list_versions(self) -> list[ModelVersion]:
-        """Every stored model version, newest first."""
-        rows = self._reader().query("SELECT * FROM model_versions ORDER BY version DESC")
+    def list_versions(self, scope: str | None = None) -> list[ModelVersion]:
+        """Stored model versions, newest first: every one, or with ``scope`` that scope's and those
+        that belong to no scope (the base)."""
+        if scope is None:
+            rows = self._reader().query("SELECT * FROM model_versions ORDER BY version DESC")
+        else:
+            rows = self._reader().query(
+                "SELECT * FROM model_versions WHERE scope = ? OR scope IS NULL ORDER BY version DESC", [scope])
         return [_version(row) for row in rows]
 
-    def prune_versions(self, keep: int) -> list[ModelVersion]:
-        """Forget all but the newest ``keep`` versions, and never the active one.
+    def prune_versions(self, keep: int, scope: str | None = None) -> list[ModelVersion]:
+        """Forget all but the newest ``keep`` versions of ``scope`` (of versions without a scope
+        when None). Never forgotten: the base (any version no job made), the default model, any
+        scope's active version, and a version another one is a delta of.
 
-        Returns the forgotten versions, oldest first, so the caller can delete their files.
+        Returns the forgotten versions, oldest first, once their removal is committed (and on
+        stable storage): only then may the caller delete their files.
         """
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
@@ -1256,10 +1368,13 @@ class Store:
         def prune(db: Database) -> list[ModelVersion]:
             rows = list(
                 db.query(
-                    "SELECT * FROM model_versions WHERE active = 0 AND version NOT IN "
-                    "(SELECT version FROM model_versions ORDER BY version DESC LIMIT ?) "
-                    "ORDER BY version",
-                    [keep],
+                    """SELECT * FROM model_versions v WHERE scope IS ? AND active = 0 AND job_id IS NOT NULL
+                    AND version NOT IN (SELECT version FROM scope_models)
+                    AND version NOT IN (SELECT delta_of FROM model_versions WHERE delta_of IS NOT NULL)
+                    AND version NOT IN (SELECT version FROM model_versions WHERE scope IS ?
+                                        ORDER BY version DESC LIMIT ?)
+                    ORDER BY version""",
+                    [scope, scope, keep],
                 )
             )
             db.conn.execute(
@@ -1270,6 +1385,9 @@ class Store:
 
         return self.write(prune)
 
+    def version_paths(self) -> set[str]:
+        """The file of every recorded version (what a sweep of the models directory keeps)."""
+        return {row[0] for row in self._reader().conn.execute("SELECT path FROM model_versions")}
 
 class _Task(NamedTuple):
     fn: Callable[[Database], Any]
@@ -1295,17 +1413,6 @@ def _usage(conn: sqlite3.Connection) -> BufferUsage:
         "SELECT count(*), coalesce(sum(payload_bytes), 0) FROM samples"
     ).fetchone()
     return BufferUsage(int(samples), int(nbytes))
-
-
-def _activate(db: Database, version: int) -> None:
-    exists = db.conn.execute("SELECT 1 FROM model_versions WHERE version = ?", (version,))
-    if exists.fetchone() is None:
-        raise NotFound(f"no model version {version}")
-    # Both statements in the caller's transaction: readers see the old or the new active version.
-    db.conn.execute(
-        "UPDATE model_versions SET active = 0 WHERE active = 1 AND version != ?", (version,)
-    )
-    db.conn.execute("UPDATE model_versions SET active = 1 WHERE version = ?", (version,))
 
 
 def _check_state(state: str) -> None:

@@ -39,8 +39,10 @@ class TrainerTask:
 
     job_id: int
     block: str
+    #: The full checkpoint to start from: the base model, or an old full version.
     model_path: str
     samples_path: str
+    #: Where the candidate goes: a delta file against ``base_path`` (:mod:`device.weights_delta`).
     output_path: str
     finetune: dict[str, Any] = field(default_factory=dict)
     val_fraction: float = 0.2
@@ -49,6 +51,10 @@ class TrainerTask:
     nice: int = 10
     #: For ``auto`` jobs: ``tolerance`` (accuracy fraction) and ``budget_joules`` (None: no limit).
     auto: dict[str, Any] = field(default_factory=dict)
+    #: The delta of the context's active version, applied to ``model_path`` before training.
+    delta_path: str | None = None
+    #: The base checkpoint the candidate's delta is taken against (None: ``model_path``).
+    base_path: str | None = None
 
 #: ``TrainerTask.block`` of a job that detects its drift type and chooses its strategies.
 AUTO = "auto"
@@ -156,16 +162,23 @@ def run_task(
     returns a summary. No candidate is written when nothing changed the model."""
     import torch
 
-    from device.checkpoint import load_checkpoint, save_checkpoint
+    from device.checkpoint import load_checkpoint
     from device.finetune import FinetuneConfig, Progress
-    from device.numpy_model import weights_path_for
     from device.samples import Samples
-    from device.weights_export import export_weights
+    from device.weights_delta import load_delta, save_delta
     from drift.source_stats import CHECKPOINT_KEY, SourceStatistics, source_statistics_of
 
     torch.set_num_threads(max(1, task.threads))
     checkpoint = load_checkpoint(task.model_path)
     model = checkpoint.model
+    base_state = _numpy_state(model) if task.base_path in (None, task.model_path) else \
+        _numpy_state(load_checkpoint(task.base_path).model)
+    extra = checkpoint.extra
+    if task.delta_path is not None:
+        delta = load_delta(task.delta_path)
+        state = delta.apply(_numpy_state(model))
+        model.load_state_dict({name: torch.from_numpy(array) for name, array in state.items()}, strict=True)
+        extra = delta.extra
     with np.load(task.samples_path, allow_pickle=False) as data:
         x, y = data["x"], data["y"]
     train_index, val_index = stratified_split(y, task.val_fraction, task.seed)
@@ -184,7 +197,7 @@ def run_task(
 
     config = FinetuneConfig(**{**task.finetune, "seed": task.seed})
     if task.block == AUTO:
-        summary, changed = _detect_and_adapt(task, model, train, val, config, source_statistics_of(checkpoint.extra, model),
+        summary, changed = _detect_and_adapt(task, model, train, val, config, source_statistics_of(extra, model),
                                              emit, on_progress, should_stop, energy_used)
     else:
         summary, changed = _finetune_block(task, model, train, val, config, on_progress, should_stop)
@@ -192,10 +205,11 @@ def run_task(
         # What the next auto job compares its samples with: this version's own data and accuracy.
         statistics = SourceStatistics.from_model(model, train, summary["accuracy_after"],
                                                  max_samples=SOURCE_STATISTICS_SAMPLES)
-        extra = {"job_id": task.job_id, "result": _jsonable(summary), CHECKPOINT_KEY: statistics.to_dict()}
-        save_checkpoint(task.output_path, model, extra=extra)
-        # The daemon serves predictions from this file without importing torch.
-        export_weights(model, weights_path_for(task.output_path))
+        metadata = {"job_id": task.job_id, "result": _jsonable(summary), CHECKPOINT_KEY: statistics.to_dict()}
+        # Only what differs from the base is written; the daemon serves it without importing torch.
+        delta = save_delta(task.output_path, model.config, _numpy_state(model), base_state, metadata)
+        summary["delta_bytes"] = delta.nbytes
+        summary["delta_arrays"] = len(delta.arrays)
     return {**summary, "candidate": changed, "train_samples": len(train), "val_samples": len(val)}
 
 
@@ -241,6 +255,11 @@ def _detect_and_adapt(task: TrainerTask, model: Any, train: Any, val: Any, confi
         "auto": _jsonable(result.to_dict()),
     }
     return summary, bool(kept) and not result.cancelled
+
+
+def _numpy_state(model: Any) -> dict[str, np.ndarray]:
+    """A copy of ``model``'s state dict as numpy arrays (training changes the tensors in place)."""
+    return {name: tensor.detach().cpu().numpy().copy() for name, tensor in model.state_dict().items()}
 
 
 def _jsonable(value: Any) -> Any:

@@ -58,6 +58,7 @@ MOMENT_DELAY_SECONDS = {"training": 2.5, "promotion": 1.0, "anywhere": 6.0}
 DAEMON_FLAGS = (
     "--meter-kind", "estimate", "--baseline-seconds", "0", "--epochs", "3", "--batch-size", "32",
     "--keep-versions", "2", "--max-buffer-samples", "1000000", "--max-buffer-bytes", "4GiB",
+    "--max-context-samples", "", "--max-device-samples", "",
     "--trainer-grace-seconds", "2", "--graceful-timeout-seconds", "1", "--log-level", "info",
 )  # fmt: skip
 #: The base model's input and classes: one channel keeps a sample at 1 KiB, so hundreds of cycles
@@ -330,7 +331,7 @@ class FaultRun:
             time.sleep(0.05)
 
     def _newest_version(self, client: httpx.Client) -> int:
-        models = self._answer(client.get("/v1/models")) or {"versions": []}
+        models = self._answer(client.get("/v1/models", params={"context": JOB_CONTEXT})) or {"versions": []}
         return max((v["version"] for v in models["versions"]), default=0)
 
     # -- what the load does ------------------------------------------------------------------------
@@ -377,12 +378,12 @@ class FaultRun:
                 self.ledger.hints.append(int(hint["hint"]["id"]))
 
     def _roll_back(self, client: httpx.Client) -> None:
-        models = self._answer(client.get("/v1/models"))
+        models = self._answer(client.get("/v1/models", params={"context": JOB_CONTEXT}))
         if not models or len(models["versions"]) < 2:
             return
         choice = models["versions"][int(self.rng.integers(0, len(models["versions"])))]["version"]
         sent = time.time()
-        if self._answer(client.post(f"/v1/models/{choice}/activate")):
+        if self._answer(client.post(f"/v1/models/{choice}/activate", params={"context": JOB_CONTEXT})):
             with self.ledger.lock:
                 self.ledger.activations.append((int(choice), sent))
 
@@ -407,7 +408,11 @@ class FaultRun:
                 problems.append(f"integrity_check: {integrity[:5]}")
             problems += self._check_samples(conn, every_byte=every_byte)
             problems += self._check_rows(conn)
-            versions = conn.execute("SELECT version, path, active, created_at FROM model_versions").fetchall()
+            # "active" here: the version the job context is served (its own, else the default).
+            versions = conn.execute(
+                "SELECT version, path, version = coalesce((SELECT version FROM scope_models WHERE scope = ?), "
+                "(SELECT version FROM model_versions WHERE active = 1)), created_at FROM model_versions",
+                (JOB_CONTEXT,)).fetchall()
             states = dict(conn.execute("SELECT id, state FROM jobs").fetchall())
             retried = {r[0] for r in conn.execute("SELECT retry_of FROM jobs WHERE retry_of IS NOT NULL")}
         finally:
@@ -475,7 +480,10 @@ class FaultRun:
                      if states.get(j) != "cancelled"]
         if activations:
             version, sent = activations[-1]
-            active = conn.execute("SELECT version, created_at FROM model_versions WHERE active = 1").fetchone()
+            active = conn.execute(
+                "SELECT version, created_at FROM model_versions WHERE version = coalesce((SELECT version FROM "
+                "scope_models WHERE scope = ?), (SELECT version FROM model_versions WHERE active = 1))",
+                (JOB_CONTEXT,)).fetchone()
             # A job may have promoted a newer version since; anything else lost the activation.
             if active is None or (active[0] != version and active[1] < sent):
                 problems.append(f"activation of version {version} is lost: active is {active}")
@@ -483,25 +491,32 @@ class FaultRun:
 
     def _check_models(self, client: httpx.Client, versions: list[tuple[int, str, int, float]]) -> list[str]:
         from device.checkpoint import load_checkpoint
-        from device.numpy_model import load_weights, weights_path_for
+        from device.numpy_model import NumpyResNet26, load_weights, weights_path_for
+        from device.weights_delta import is_delta_path, load_delta, read_state
 
         problems: list[str] = []
+        base = next((p for _v, p, _a, _c in sorted(versions) if not is_delta_path(p)), None)
         for version, path, _active, _created in versions:
             try:
-                load_checkpoint(path)
-                load_weights(weights_path_for(path))
+                if is_delta_path(path):  # a trained version: a delta on the base, as the daemon reads it
+                    delta = load_delta(path)
+                    assert base is not None, "no full base version to apply the delta to"
+                    NumpyResNet26(delta.config, delta.apply(read_state(weights_path_for(base))))
+                else:
+                    load_checkpoint(path)
+                    load_weights(weights_path_for(path))
             except Exception as exc:  # noqa: BLE001 - every failure is a finding
                 problems.append(f"model version {version} ({path}) does not load: {type(exc).__name__}: {exc}")
         active = [v for v, _p, a, _c in versions if a]
         x, _ = batch_for(1, 2)
-        body, params = encode_raw_batch(x)
+        body, params = encode_raw_batch(x, context=JOB_CONTEXT)
         reply = client.post("/v1/predict", content=body, params=params,
                             headers={"content-type": "application/octet-stream"})
         if reply.status_code != 200:
             problems.append(f"/v1/predict answered {reply.status_code}: {reply.text[:200]}")
         else:
             # A job may promote a version between the snapshot and the prediction: either is right.
-            active_after = (self._answer(client.get("/v1/models")) or {}).get("active")
+            active_after = (self._answer(client.get("/v1/models", params={"context": JOB_CONTEXT})) or {}).get("active")
             served = reply.json()["model_version"]
             if served not in (*active, active_after) or len(active) != 1:
                 problems.append(f"/v1/predict used version {served}, the active one is {active} "

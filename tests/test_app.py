@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from device.checkpoint import load_checkpoint, save_checkpoint
 from device.inference import predict
 from device.model import ModelConfig, ResNet26
+from device.weights_delta import load_delta
 from service.app import create_app
 from service.model_registry import ModelFileError
 from service.payloads import encode_json_batch, encode_npy_batch, encode_raw_batch
@@ -206,9 +207,10 @@ def test_hint_waits_for_samples_then_trains_promotes_and_logs_energy(client: Tes
     assert job["decision"]["promoted"] is True
     assert job["energy"]["joules"] > 0 and job["energy"]["source"].startswith("estimate")
 
-    models = client.get("/v1/models").json()
-    assert models["active"] == job["model_version_out"] == 2
+    models = client.get("/v1/models", params={"context": "cam-1"}).json()
+    assert models["active"] == job["model_version_out"] == 2 and models["contexts"] == {"cam-1": 2}
     assert sorted(v["version"] for v in models["versions"]) == [1, 2]
+    assert client.get("/v1/models").json()["active"] == 1  # the default context still has the base
     power = client.get(f"/v1/jobs/{job['id']}/power").json()
     assert len(power["points"]) >= 2 and power["units"]["watts"] == "W"
 
@@ -277,7 +279,7 @@ def test_a_cancelled_trainer_that_does_not_stop_in_time_is_terminated_and_the_jo
 
 def test_predict_and_rollback(client: TestClient) -> None:
     samples = colour_samples(8, 5)
-    body = encode_json_batch(samples.x.numpy(), None)
+    body = encode_json_batch(samples.x.numpy(), None, context="cam-1")
     reply = client.post("/v1/predict", json=body).json()
     assert reply["model_version"] == 1 and len(reply["classes"]) == 8
     assert np.allclose(np.sum(reply["probabilities"], axis=1), 1, atol=1e-4)
@@ -285,13 +287,21 @@ def test_predict_and_rollback(client: TestClient) -> None:
     job = client.post("/v1/jobs", json={"context": "cam-1", "block": "fc"}).json()
     assert wait_for_job(client, job["id"])["state"] == "succeeded"
     served = client.post("/v1/predict", json=body).json()
-    assert served["model_version"] == 2
-    # The API process serves the trainer's numpy export; it must predict what the checkpoint does.
-    version_2 = next(v for v in client.get("/v1/models").json()["versions"] if v["version"] == 2)
-    expected = predict(load_checkpoint(version_2["path"]).model, samples.x.numpy())
+    assert served["model_version"] == 2 and served["context"] == "cam-1"
+    other = client.post("/v1/predict", json=encode_json_batch(samples.x.numpy(), None, context="cam-2")).json()
+    assert other["model_version"] == 1  # another camera keeps the base
+    # The API process serves the trainer's delta on the base; it must predict what torch does.
+    versions = {v["version"]: v for v in client.get("/v1/models", params={"context": "cam-1"}).json()["versions"]}
+    assert versions[2]["path"].endswith(".delta.npz") and versions[2]["delta_of"] == 1
+    model = load_checkpoint(versions[1]["path"]).model
+    state = load_delta(versions[2]["path"]).apply({k: v.numpy() for k, v in model.state_dict().items()})
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    expected = predict(model, samples.x.numpy())
     np.testing.assert_allclose(served["probabilities"], expected.probabilities, atol=1e-5)
-    assert client.post("/v1/models/1/activate").json()["active"] is True
+    rolled = client.post("/v1/models/1/activate", params={"context": "cam-1"}).json()
+    assert rolled["version"] == 1 and rolled["context"] == "cam-1"
     assert client.post("/v1/predict", json=body).json()["model_version"] == 1
+    assert client.get("/v1/models", params={"context": "cam-1"}).json()["contexts"] == {"cam-1": 1}
     assert client.post("/v1/models/42/activate").status_code == 404
 
 
@@ -556,12 +566,14 @@ def test_a_daemon_shutting_down_answers_503(client: TestClient) -> None:
 
 
 def test_a_version_whose_file_cannot_be_served_is_a_500_naming_it(client: TestClient, tmp_path: Path) -> None:
-    weights = tmp_path / "data" / "models" / "base.npz"
-    weights.write_bytes(b"not a weights file")
-    response = client.post("/v1/models/1/activate")
+    broken = tmp_path / "data" / "models" / "job-7.delta.npz"
+    broken.write_bytes(b"not a weights file")
+    version = client.app.state.daemon.store.add_model_version(broken, scope="cam-1", delta_of=1)  # type: ignore[attr-defined]
+    response = client.post(f"/v1/models/{version}/activate", params={"context": "cam-1"})
     assert response.status_code == 500, response.text
     body = response.json()
-    assert body["field"] == "version" and "model version 1" in body["error"] and "base.npz" in body["error"]
+    assert body["field"] == "version" and f"model version {version}" in body["error"]
+    assert "job-7.delta.npz" in body["error"]
     assert client.post("/v1/predict", json=encode_json_batch(colour_samples(2, 3).x.numpy(), None)).status_code == 200
 
 
@@ -582,7 +594,7 @@ def test_openapi_describes_sample_bodies_and_every_error(client: TestClient) -> 
         assert {("header", n) for n in ("X-Dtype", "X-Shape", "X-Labels", "X-Context", "X-Device-Id")} <= names
     statuses = {(path, method): set(op["responses"]) for path, item in document["paths"].items()
                 for method, op in item.items()}
-    assert statuses[("/v1/samples", "post")] == {"201", "400", "409", "413", "415", "422", "500", "503", "507"}
+    assert statuses[("/v1/samples", "post")] == {"201", "400", "409", "413", "415", "422", "429", "500", "503", "507"}
     assert "202" in statuses[("/v1/drift", "post")] and "201" in statuses[("/v1/jobs", "post")]
     for (path, method), codes in statuses.items():
         assert "500" in codes, (path, method)

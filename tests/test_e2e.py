@@ -27,7 +27,8 @@ def test_a_device_posts_drifted_samples_and_a_hint_and_the_daemon_adapts(tmp_pat
         headers = {"content-type": "application/octet-stream"}
 
         def accuracy() -> tuple[float, int]:
-            reply = client.post("/v1/predict", content=test_body, params=test_params, headers=headers).json()
+            params = {**test_params, "context": "site-a"}  # site-a's own model, once it has one
+            reply = client.post("/v1/predict", content=test_body, params=params, headers=headers).json()
             return float(np.mean(np.array(reply["classes"]) == scenario.test.y)), reply["model_version"]
 
         accuracy_before, version_before = accuracy()
@@ -93,13 +94,16 @@ def test_an_auto_hint_detects_input_drift_and_tries_the_cheapest_strategy_first(
             return job
 
         def accuracy() -> float:
-            body, params = encode_raw_batch(noisy.test.x)
+            body, params = encode_raw_batch(noisy.test.x, context="site-noisy")
             reply = client.post("/v1/predict", content=body, params=params, headers=headers).json()
             return float(np.mean(np.array(reply["classes"]) == noisy.test.y))
 
         # Samples like the source: the detector says so and nothing is trained.
         job = post("site-clean", clean.x, clean.y)
         assert job["state"] == "succeeded" and job["drift_type"] == "none", job["decision"]
+        assert job["decision"]["outcome"] == "nothing to adapt", job["decision"]
+        listed = client.get("/v1/jobs", params={"context": "site-clean"}).json()["jobs"]
+        assert listed[0]["decision"]["outcome"] == "nothing to adapt" and listed[0]["energy"]["joules"] > 0
         assert job["decision"]["strategies"] == [] and job["model_version_out"] is None
         assert job["energy"]["source"].startswith("UM25C@")
 

@@ -85,12 +85,13 @@ def test_status_shows_the_model_version_and_the_meter(
 ) -> None:
     status, out, _ = run(capsys, "status", "--url", daemon.url)
     assert status == 0
-    assert table_row(out, "model version")[1] == "2"
+    assert table_row(out, "model version")[1] == "1 (default model)"
+    assert table_row(out, "context models")[1] == f"{CONTEXT} v2"  # the job adapted its context's model
     assert table_row(out, "meter")[1].startswith("UM25C@")
     assert table_row(out, "meter health")[1] == "ok"
     assert table_row(out, "running job")[1] == "none"
     status, out, _ = run(capsys, "status", "--url", daemon.url, "--json")
-    assert json.loads(out)["model_version"] == 2
+    assert json.loads(out)["models"]["contexts"] == {CONTEXT: 2}
 
 
 @pytest.mark.slow
@@ -111,8 +112,8 @@ def test_jobs_table_shows_the_job_with_its_energy(
     header = out.splitlines()[0]
     assert "seconds (s)" in header and "joules (J)" in header and "energy source" in header
     row = table_row(out, str(finished_job["id"]))
-    assert row[1:6] == [CONTEXT, "succeeded", "output", "fc", "60"]
-    assert row[7] == "1 → 2"
+    assert row[1:7] == [CONTEXT, "succeeded", "promoted", "output", "fc", "60"]
+    assert row[8] == "1 → 2"
     assert float(row[-2]) == pytest.approx(finished_job["energy"]["joules"], abs=0.05)
     assert row[-1] == finished_job["energy"]["source"]
     status, out, _ = run(capsys, "jobs", "--url", daemon.url, "--state", "failed")
@@ -152,21 +153,24 @@ def test_energy_table_and_csv_show_the_job(daemon: Daemon, finished_job: dict, c
 def test_models_lists_versions_and_activate_rolls_back(
     daemon: Daemon, finished_job: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, out, _ = run(capsys, "models", "--url", daemon.url)
-    assert status == 0
-    assert table_row(out, "2")[1] == "*" and table_row(out, "2")[2] == "1"
-    assert table_row(out, "1")[1] != "*"
+    status, out, _ = run(capsys, "models", "--url", daemon.url, "--context", CONTEXT)
+    assert status == 0 and out.splitlines()[0] == f"context {CONTEXT}: served version 2"
+    assert table_row(out, "2")[1:4] == ["*", CONTEXT, "1"]
+    assert table_row(out, "1")[1] == "base"  # not served to this context, and it is the base
+    _, out, _ = run(capsys, "models", "--url", daemon.url)  # the default context has only the base
+    assert out.splitlines()[0] == "context default: served version 1 (the default model)"
+    assert table_row(out, "1")[1] == "*" and not any(line.split()[:1] == ["2"] for line in out.splitlines())
     try:
-        status, out, _ = run(capsys, "models", "activate", "1", "--url", daemon.url)
-        assert status == 0 and out.strip() == "active model: version 1 (was 2)"
+        status, out, _ = run(capsys, "models", "activate", "1", "--url", daemon.url, "--context", CONTEXT)
+        assert status == 0 and out.strip() == f"context {CONTEXT}: serving version 1 (was 2)"
         _, out, _ = run(capsys, "status", "--url", daemon.url)
-        assert table_row(out, "model version")[1] == "1"
-        _, out, _ = run(capsys, "models", "--url", daemon.url)
+        assert table_row(out, "context models")[1] == f"{CONTEXT} v1"
+        _, out, _ = run(capsys, "models", "--url", daemon.url, "--context", CONTEXT)
         assert table_row(out, "1")[1] == "*"
         status, _, err = run(capsys, "models", "--url", daemon.url, "activate", "99")
         assert status == 2 and err == f"tbftd: error: the daemon at {daemon.url} answered 404: no model version 99\n"
     finally:
-        assert main(["models", "activate", "2", "--url", daemon.url]) == 0
+        assert main(["models", "activate", "2", "--url", daemon.url, "--context", CONTEXT]) == 0
 
 
 def test_no_daemon_is_one_line_and_exit_status_2(capsys: pytest.CaptureFixture[str]) -> None:

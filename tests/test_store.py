@@ -22,8 +22,10 @@ from service.store import (
     PENDING_STATES,
     SCHEMA_VERSION,
     BufferFull,
+    IdempotencyConflict,
     MixedSamples,
     NotFound,
+    QuotaExceeded,
     Store,
     StoreClosed,
     StoreError,
@@ -380,18 +382,49 @@ def test_concurrent_writers_all_land_while_a_reader_reads(store: Store) -> None:
 # --- capacity and eviction -----------------------------------------------------------------------
 
 
-def test_eviction_takes_the_oldest_samples_first(open_store: Callable[..., Store]) -> None:
+def test_a_full_buffer_takes_from_the_context_holding_the_most(open_store: Callable[..., Store]) -> None:
     store = open_store(max_samples=10)
-    a = store.add_samples("a", None, [0] * 4, batch(4)).ids
-    b = store.add_samples("b", None, [0] * 4, batch(4)).ids
+    a = store.add_samples("a", None, [0] * 6, batch(6)).ids
+    b = store.add_samples("b", None, [0] * 2, batch(2)).ids
     store.add_samples("c", None, [0] * 2, batch(2))
 
     result = store.add_samples("c", None, [0] * 3, batch(3))
 
+    # a held the most: only a gives up samples, its oldest, until the batch fits.
     assert result.evicted == 3 and result.evicted_contexts == {"a": 3}
     assert result.usage.samples == 10 == store.count_samples()
     assert store.load_samples("a")[2] == a[3:]
-    assert store.load_samples("b")[2] == b
+    assert store.load_samples("b")[2] == b  # the quiet context keeps everything
+    assert {e.reason for e in result.evictions} == {
+        "buffer full (max_buffer_samples 10): the oldest samples of the contexts holding the most"}
+
+
+def test_one_chatty_context_cannot_evict_the_others(open_store: Callable[..., Store]) -> None:
+    store = open_store(max_samples=100)
+    quiet = {name: store.add_samples(name, f"dev-{name}", [0] * 10, batch(10)).ids for name in ("a", "b", "c")}
+    for _ in range(20):
+        store.add_samples("chatty", "dev-chatty", [0] * 16, batch(16))
+
+    assert store.count_samples() == 100 and store.count_samples("chatty") == 70
+    for name, ids in quiet.items():
+        assert store.load_samples(name)[2] == ids
+
+
+def test_consumed_samples_go_first(open_store: Callable[..., Store]) -> None:
+    store = open_store(max_samples=10)
+    old = store.add_samples("a", None, [0] * 4, batch(4)).ids
+    store.add_samples("b", None, [0] * 2, batch(2))
+    trained = store.add_samples("b", None, [0] * 4, batch(4)).ids
+    job = store.create_job("b", block="fc")
+    store.update_job(job.id, state="succeeded", sample_ids=[trained[0] - 2, trained[-1]])
+
+    result = store.add_samples("c", None, [0] * 3, batch(3))
+
+    # b's six samples were all trained on; a's four were not, though a is not the larger context.
+    assert result.evicted_contexts == {"b": 3}
+    assert [(e.context, e.samples, e.consumed) for e in result.evictions] == [("b", 3, 3)]
+    assert "a job has trained on" in result.evictions[0].reason
+    assert store.load_samples("a")[2] == old
 
 
 def test_a_context_with_a_pending_job_is_protected(open_store: Callable[..., Store]) -> None:
@@ -408,8 +441,102 @@ def test_a_context_with_a_pending_job_is_protected(open_store: Callable[..., Sto
 
     running = store.claim_next_job()
     assert running is not None and running.state == "running"
-    store.add_samples("c", None, [0], batch(1))  # evicts b's last, still not a
-    assert store.count_samples("a") == 4 and store.count_samples("b") == 0
+    result = store.add_samples("c", None, [0], batch(1))  # c now holds the most; still not a
+    assert result.evicted_contexts == {"c": 1}
+    assert store.count_samples("a") == 4 and store.count_samples("b") == 1
+
+
+def test_a_context_over_its_quota_keeps_its_newest(open_store: Callable[..., Store]) -> None:
+    store = open_store(max_samples=100, max_context_samples=5)
+    ids = store.add_samples("a", None, [0] * 5, batch(5)).ids
+    other = store.add_samples("b", None, [0] * 3, batch(3)).ids
+
+    result = store.add_samples("a", None, [0] * 2, batch(2))
+
+    assert result.evicted_contexts == {"a": 2}
+    assert result.evictions[0].reason == "context quota: context 'a' over max_context_samples 5"
+    assert store.load_samples("a")[2] == [*ids[2:], *result.ids]
+    assert store.load_samples("b")[2] == other
+
+
+def test_a_context_quota_that_cannot_evict_refuses_with_507(open_store: Callable[..., Store]) -> None:
+    store = open_store(max_context_samples=5)
+    store.add_samples("a", None, [0] * 5, batch(5))
+    store.create_job("a")  # pending: its samples may not go
+
+    with pytest.raises(QuotaExceeded, match="max_context_samples is 5") as caught:
+        store.add_samples("a", None, [0], batch(1))
+    refusal = caught.value
+    assert (refusal.status, refusal.quota, refusal.limit, refusal.held) == (507, "max_context_samples", 5, 5)
+    with pytest.raises(QuotaExceeded, match="larger than the quota"):
+        store.add_samples("b", None, [0] * 6, batch(6))
+    assert store.count_samples() == 5
+
+
+def test_a_device_over_its_quota_gets_429_until_a_job_consumes_its_samples(open_store: Callable[..., Store]) -> None:
+    store = open_store(max_device_samples=6)
+    first = store.add_samples("a", "cam", [0] * 4, batch(4)).ids
+    store.add_samples("b", "cam", [0] * 2, batch(2))
+    store.add_samples("a", "other", [0] * 5, batch(5))  # another device is not held back
+
+    with pytest.raises(QuotaExceeded, match="device 'cam' holds 6 samples") as caught:
+        store.add_samples("b", "cam", [0], batch(1))
+    assert (caught.value.status, caught.value.quota, caught.value.field) == (429, "max_device_samples", "device_id")
+    assert store.count_samples() == 11  # nothing written, nothing evicted
+
+    job = store.create_job("a", block="fc")
+    store.update_job(job.id, state="succeeded", sample_ids=[first[0], first[-1]])
+    result = store.add_samples("b", "cam", [0] * 2, batch(2))
+
+    assert result.evicted_contexts == {"a": 2}
+    assert [(e.samples, e.consumed) for e in result.evictions] == [(2, 2)]
+    assert result.evictions[0].reason == "device quota: device 'cam' over max_device_samples 6"
+    assert store.load_samples("a")[2][:2] == first[2:]
+
+
+def test_an_idempotency_key_stores_a_batch_once(open_store: Callable[..., Store]) -> None:
+    store = open_store()
+    first = store.add_samples("a", "cam", [1, 2], batch(2), idempotency=("key-1", "request-1"))
+    again = store.add_samples("a", "cam", [1, 2], batch(2), idempotency=("key-1", "request-1"))
+
+    assert not first.replayed and again.replayed
+    assert again.ids == first.ids and store.count_samples() == 2
+    with pytest.raises(IdempotencyConflict, match="different request"):
+        store.add_samples("a", "cam", [3], batch(1), idempotency=("key-1", "request-2"))
+    store.add_samples("a", "cam", [1, 2], batch(2), idempotency=("key-2", "request-1"))
+    assert store.count_samples() == 4
+
+
+def test_idempotency_keys_expire(open_store: Callable[..., Store]) -> None:
+    clock = FakeClock()
+    store = open_store(clock=clock)
+    store.add_samples("a", None, [1], batch(1), idempotency=("old", "r"))
+    clock.now += 100
+    store.save_response("new", "r", 202, {"status": "ok"})
+
+    assert store.expire_idempotency_keys(clock.now - 50) == 1
+    assert store.stored_response("old", "r") is None
+    stored = store.stored_response("new", "r")
+    assert stored is not None and (stored.status, stored.body) == (202, {"status": "ok"})
+
+
+def test_waiting_hints_expire_and_say_so(open_store: Callable[..., Store]) -> None:
+    clock = FakeClock()
+    store = open_store(clock=clock)
+    old = store.add_hint("a", "input")
+    clock.now += 100
+    fresh = store.add_hint("a", "output")
+    job = store.create_job("b")
+    linked = store.add_hint("b", "feature", job_id=job.id)
+    clock.now += 1
+
+    expired = store.expire_hints(clock.now - 50)
+
+    assert [h.id for h in expired] == [old.id] and expired[0].expired_at == clock.now
+    assert expired[0].to_dict()["state"] == "expired"
+    assert [h.id for h in store.waiting_hints()] == [fresh.id]
+    assert store.get_hint(linked.id).state == "scheduled" and store.get_hint(fresh.id).state == "waiting"
+    assert store.expire_hints(clock.now - 50) == []
 
 
 def test_contexts_waiting_for_samples_are_evicted_last(open_store: Callable[..., Store]) -> None:
@@ -461,8 +588,8 @@ def test_byte_capacity_evicts_by_payload_bytes(open_store: Callable[..., Store])
 
     result = store.add_samples("new", None, [0], batch(1, shape=(10,)))
 
-    assert result.evicted_contexts == {"small": 3}  # 12 bytes freed for 10 needed
-    assert store.buffer_usage().bytes == 28 + 60 + 10
+    assert result.evicted_contexts == {"big": 1}  # the larger share of the bytes; 30 freed for 10 needed
+    assert store.buffer_usage().bytes == 40 + 30 + 10
 
 
 def test_a_batch_larger_than_the_buffer_is_refused(open_store: Callable[..., Store]) -> None:
@@ -665,20 +792,70 @@ def test_exactly_one_version_is_active(store: Store) -> None:
     assert active() == [v1]
 
 
-def test_prune_keeps_the_newest_and_the_active(store: Store) -> None:
-    versions = [store.add_model_version(f"models/v{i}.pt") for i in range(6)]
-    store.activate(versions[0])
+def test_prune_keeps_the_newest_of_a_scope_the_base_and_every_active(store: Store) -> None:
+    base = store.add_model_version("models/base.pt", activate=True)
+    jobs = [store.create_job("cam").id for _ in range(8)]
+    cam = [store.add_model_version(f"models/job-{j}.delta.npz", scope="cam", delta_of=base, job_id=j)
+           for j in jobs[:6]]
+    other = [store.add_model_version(f"models/job-{j}.delta.npz", scope="other", delta_of=base, job_id=j)
+             for j in jobs[6:]]
+    store.activate(cam[0], "cam")
+    store.activate(cam[1], "hall")  # another scope serves one of cam's versions
 
-    pruned = store.prune_versions(keep=2)
+    pruned = store.prune_versions(keep=2, scope="cam")
 
-    assert [v.version for v in pruned] == versions[1:4]
-    assert [v.path for v in pruned] == ["models/v1.pt", "models/v2.pt", "models/v3.pt"]
-    assert [v.version for v in store.list_versions()] == [versions[5], versions[4], versions[0]]
-    assert store.prune_versions(keep=2) == []
+    assert [v.version for v in pruned] == cam[2:4]
+    assert [v.path for v in pruned] == [f"models/job-{j}.delta.npz" for j in jobs[2:4]]
+    assert [v.version for v in store.list_versions("cam")] == [cam[5], cam[4], cam[1], cam[0], base]
+    assert [v.version for v in store.list_versions("other")] == [*reversed(other), base]
+    assert [v.version for v in store.prune_versions(keep=1, scope="cam")] == [cam[4]]
+    assert store.get_version(base).active  # the base survives every prune
+    assert store.prune_versions(keep=1) == []  # nothing without a scope but the base
     # Numbers are never reused, so a version seen by /predict always names the same weights.
-    assert store.add_model_version("models/v6.pt") == versions[5] + 1
+    assert store.add_model_version("models/x.pt") == other[-1] + 1
     with pytest.raises(ValueError):
         store.prune_versions(keep=0)
+
+
+def test_each_scope_has_its_own_active_version(store: Store) -> None:
+    base = store.add_model_version("models/base.pt", activate=True)
+    job = store.create_job("cam").id
+    mine = store.add_model_version("models/a.delta.npz", scope="cam", delta_of=base, job_id=job, activate=True)
+
+    assert store.scope_versions() == {"cam": mine}
+    active = store.active_version()
+    assert active is not None and active.version == base  # the default did not move
+    store.activate(base, "cam")  # roll the scope back to the base
+    assert store.scope_versions() == {"cam": base}
+    with pytest.raises(NotFound):
+        store.activate(999, "cam")
+    assert store.get_version(mine).scope == "cam" and store.get_version(mine).delta_of == base
+
+
+def test_a_database_of_schema_1_is_migrated_keeping_its_data(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db_path)
+    from service.store import _MIGRATIONS
+
+    for statement in _MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO model_versions (path, created_at, active) VALUES ('models/base.pt', 1, 0)")
+    conn.execute("INSERT INTO jobs (context, state, created_at, updated_at) VALUES ('cam', 'succeeded', 1, 1)")
+    conn.execute("INSERT INTO model_versions (path, job_id, created_at, active) VALUES ('models/job-1.pt', 1, 2, 1)")
+    conn.execute("INSERT INTO drift_hints (context, drift_type, created_at) VALUES ('cam', 'input', 3)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+    with Store.open(db_path) as store:
+        assert store.connection_settings()["user_version"] == SCHEMA_VERSION
+        active = store.active_version()
+        assert active is not None and active.path == "models/job-1.pt"  # still what every context serves
+        base = store.base_version()
+        assert base is not None and base.path == "models/base.pt" and base.scope is None
+        assert store.scope_versions() == {}
+        assert [h.state for h in store.list_hints()] == ["waiting"]
+
 
 
 # --- durability and life cycle -------------------------------------------------------------------

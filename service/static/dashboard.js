@@ -249,7 +249,7 @@
       const status = await api("/v1/status");
       state.status = status;
       const running = status.running_job ? status.running_job.id : null;
-      const signature = `${status.model_version}/${running}/${status.queued_jobs}`;
+      const signature = `${status.model_version}/${JSON.stringify((status.models || {}).contexts)}/${running}/${status.queued_jobs}`;
       const nowMs = Date.now();
       // Job rows carry their sample ids: re-read them when something changed, not every poll.
       if (signature !== state.signature || nowMs - state.lastFullMs >= FULL_REFRESH_MS) {
@@ -371,7 +371,11 @@
     const status = state.status;
     if (!status) return;
     $("model-version").textContent = `version ${status.model_version}`;
-    $("model-detail").textContent = `${queuedText(status.queued_jobs)} · up ${durationText(status.uptime_seconds)}`;
+    // Each context with a model of its own, e.g. "cam-1 v4, cam-2 v6"; the others serve the default.
+    const own = Object.entries((status.models && status.models.contexts) || {});
+    const contexts = own.length ? ` · ${own.map(([name, version]) => `${name} v${version}`).join(", ")}` : "";
+    $("model-version").title = own.length ? `default model v${status.models.default}; contexts with their own:${contexts.slice(2)}` : "";
+    $("model-detail").textContent = `${queuedText(status.queued_jobs)}${contexts} · up ${durationText(status.uptime_seconds)}`;
 
     const buffer = status.buffer || {};
     $("buffer-fill").textContent = percentText(buffer.fill);
@@ -480,9 +484,11 @@
     } else if (job.state === "succeeded" && job.decision) {
       const promoted = job.decision.promoted;
       const version = job.model_version_out;
+      // "nothing to adapt" (no drift found) is an outcome, not a failure to improve: say so.
+      const nothing = job.decision.outcome === "nothing to adapt";
       cell.append(el("span", {
-        className: "small",
-        text: promoted ? `→ model v${version}` : "not promoted",
+        className: nothing ? "small outcome-nothing" : "small",
+        text: nothing ? "nothing to adapt" : (promoted ? `→ ${job.context} model v${version}` : "not promoted"),
         title: job.decision.reason ?? null,
       }));
     } else if (job.error) {
