@@ -15,7 +15,11 @@ estimating meter, waits for ``/healthz``, then measures:
    trainer child, and of the two together;
 4. fsyncs per acknowledged batch, one device and eight: a second daemon runs under ``strace -f
    --seccomp-bpf -e trace=fsync,fdatasync`` (only those calls stop it) and its calls are counted
-   around each ingest (skipped, and said so, where strace is not installed).
+   around each ingest (skipped, and said so, where strace is not installed);
+5. models per context: a third daemon adapts ``fc`` for each of ``--contexts`` contexts (50; and
+   one ``block1`` and one ``block3`` job), then reports the bytes each context's version takes
+   on disk against the full model, the daemon's resident memory before and after, and
+   ``/v1/predict`` latency spread over every context against one context, measured alternately.
 
 One table with the figures, the targets and pass/fail, and JSON with every figure beside it.
 The daemon is stopped with SIGTERM (SIGKILL after a timeout) whatever happens.
@@ -59,6 +63,10 @@ CONCURRENT_DEVICES = 8
 INGEST_TARGET_SAMPLES_PER_SECOND = 2000.0
 P99_RATIO_TARGET = 3.0
 MEMORY_TARGET_MB = 500.0
+#: Issue 19: a context's fc version stores what differs from the base (fc is 650 parameters).
+VERSION_SHARE_TARGET = 0.05
+#: Issue 19: serving tens of contexts' models must not slow a prediction.
+CONTEXTS_P99_RATIO_TARGET = 1.5
 #: Seconds between two RSS samples.
 RSS_INTERVAL_SECONDS = 0.1
 #: PSS is read at every this many RSS samples (about 2 ms of CPU per process each time).
@@ -123,6 +131,27 @@ class Job:
     state_after_measurement: str
     final_state: str
     seconds_to_cancel: float
+
+
+@dataclass
+class Contexts:
+    """Models per context: what each context's version costs on disk and in memory, and whether
+    serving many contexts slows a prediction."""
+
+    contexts: int
+    promoted: int
+    seconds_adapting: float
+    full_model_bytes: int
+    #: File bytes of one context's version, per block trained (the median over contexts for fc).
+    version_bytes: dict[str, float]
+    daemon_rss_before_mb: float
+    daemon_rss_after_mb: float
+    one_context: Latency
+    all_contexts: Latency
+
+    @property
+    def rss_per_context_kb(self) -> float:
+        return 1024.0 * (self.daemon_rss_after_mb - self.daemon_rss_before_mb) / max(1, self.promoted)
 
 
 @dataclass
@@ -582,12 +611,16 @@ def measure_fsyncs(args: argparse.Namespace, workdir: Path, results: dict[str, A
     return runs
 
 
-def measure_predict(client: Any, requests: int, input_shape: tuple[int, int, int], condition: str) -> Latency:
-    """``requests`` predictions of one sample each (octet-stream), one after another."""
+def measure_predict(client: Any, requests: int, input_shape: tuple[int, int, int], condition: str,
+                    contexts: list[str] | None = None) -> Latency:
+    """``requests`` predictions of one sample each (octet-stream), one after another, to each of
+    ``contexts`` in turn (default: the default context)."""
     from service.payloads import encode_raw_batch
 
     x, _ = make_samples(8, input_shape, 2, seed=7)
-    bodies = [encode_raw_batch(x[i : i + 1]) for i in range(len(x))]
+    names = contexts or [None]
+    bodies = [encode_raw_batch(x[i % len(x) : i % len(x) + 1], context=names[i % len(names)])
+              for i in range(max(len(x), len(names)))]
     headers = {"content-type": "application/octet-stream"}
     for body, params in bodies[:3]:  # warm-up
         _check_response(client.post("/v1/predict", content=body, params=params, headers=headers), 200, "predict warm-up")
@@ -604,11 +637,12 @@ def measure_predict(client: Any, requests: int, input_shape: tuple[int, int, int
                    1000.0 * float(np.mean(times)), 1000.0 * max(times))
 
 
-def post_job_samples(client: Any, count: int, input_shape: tuple[int, int, int], num_classes: int, context: str) -> None:
+def post_job_samples(client: Any, count: int, input_shape: tuple[int, int, int], num_classes: int, context: str,
+                     seed: int = 1) -> None:
     """Post ``count`` learnable samples to ``context`` in batches of at most 250."""
     from service.payloads import encode_raw_batch
 
-    x, labels = make_samples(count, input_shape, num_classes, seed=1)
+    x, labels = make_samples(count, input_shape, num_classes, seed=seed)
     for start in range(0, count, 250):
         body, params = encode_raw_batch(x[start : start + 250], labels[start : start + 250], context=context)
         _check_response(client.post("/v1/samples", content=body, params=params,
@@ -696,6 +730,70 @@ def measure_during_job(client: Any, args: argparse.Namespace, input_shape: tuple
 # --- the run -----------------------------------------------------------------------------------
 
 
+def measure_contexts(args: argparse.Namespace, workdir: Path, results: dict[str, Any], input_shape: tuple[int, int, int]) -> None:
+    """Section 5 of the module docstring, on a daemon of its own (the first one's ``--epochs``
+    is for a job that must outlast a measurement; these take the profile's)."""
+    import httpx
+    import psutil
+
+    if args.contexts < 1:
+        results["contexts"] = {"skipped": "--contexts 0"}
+        return
+    daemon, base_url = start_daemon(args, workdir, results, key="contexts_daemon", name="contexts",
+                                    extra=["--epochs", "10"])
+    try:
+        with httpx.Client(base_url=base_url, trust_env=False, timeout=60.0) as client:
+            names = [f"ctx-{i:02d}" for i in range(args.contexts)]
+            blocks = {name: "fc" for name in names}
+            if not args.quick:
+                blocks.update({"ctx-block1": "block1", "ctx-block3": "block3"})
+            measure_predict(client, 20, input_shape, "warm-up", names)
+            rss_before = psutil.Process(daemon.pid).memory_info().rss / _MEGABYTE
+            started = time.perf_counter()
+            jobs = {}
+            for i, (name, block) in enumerate(blocks.items()):
+                post_job_samples(client, 40, input_shape, 4, name, seed=100 + i)
+                reply = client.post("/v1/jobs", json={"context": name, "block": block})
+                jobs[name] = _check_response(reply, 201, f"job for {name}")["id"]
+            finished = {name: wait_for(lambda j=job_id: (s := job_state(client, j))["state"] in FINISHED_STATES and s,
+                                       args.start_timeout + 60 * len(jobs), f"the job of {name}")
+                        for name, job_id in jobs.items()}
+            seconds = time.perf_counter() - started
+            failed = {n: j["error"] for n, j in finished.items() if j["state"] != "succeeded"}
+            if failed:
+                raise BenchError(f"context jobs failed: {failed}")
+            sizes: dict[str, list[int]] = {}
+            for name, job in finished.items():
+                if job["model_version_out"] is not None:
+                    version = client.get("/v1/models", params={"context": name}).json()["versions"][0]
+                    sizes.setdefault(blocks[name], []).append(Path(version["path"]).stat().st_size)
+            base = Path(client.get("/v1/models").json()["versions"][-1]["path"])
+            promoted = sum(1 for name in names if finished[name]["decision"].get("promoted"))
+            one, every = [], []
+            for _ in range(max(1, args.predict_requests // 20)):  # alternating: both see the same load
+                one.append(measure_predict(client, 10, input_shape, "one context", names[:1]))
+                every.append(measure_predict(client, 10, input_shape, f"{len(names)} contexts", names))
+            rss_after = psutil.Process(daemon.pid).memory_info().rss / _MEGABYTE
+    finally:
+        daemon.stop(args.stop_timeout)
+    result = Contexts(
+        contexts=len(names), promoted=promoted, seconds_adapting=seconds,
+        full_model_bytes=base.stat().st_size + base.with_suffix(".npz").stat().st_size,
+        version_bytes={block: float(np.median(values)) for block, values in sizes.items()},
+        daemon_rss_before_mb=rss_before, daemon_rss_after_mb=rss_after,
+        one_context=_pooled(one), all_contexts=_pooled(every),
+    )
+    results["contexts"] = {**asdict(result), "rss_per_context_kb": result.rss_per_context_kb}
+
+
+def _pooled(runs: list[Latency]) -> Latency:
+    """Latency figures of several short runs taken together (from their p50/p99, weighted)."""
+    weights = np.array([r.requests for r in runs], dtype=float)
+    return Latency(runs[0].condition, int(weights.sum()), float(np.median([r.p50_ms for r in runs])),
+                   float(np.max([r.p99_ms for r in runs])), float(np.average([r.mean_ms for r in runs], weights=weights)),
+                   float(max(r.max_ms for r in runs)))
+
+
 def model_info(base_model: Path) -> tuple[tuple[int, int, int], int]:
     """Input shape and class count of the base model the daemon will serve."""
     from device.checkpoint import CheckpointError, load_checkpoint
@@ -756,10 +854,13 @@ def run_benchmark(args: argparse.Namespace, results: dict[str, Any]) -> None:
         # A daemon of its own, after the first has stopped: strace must not slow what was timed above.
         print("  counting fsyncs per acknowledged batch under strace", file=sys.stderr, flush=True)
         measure_fsyncs(args, Path(workdir), results, input_shape, num_classes)
+        print(f"  adapting {args.contexts} contexts, each its own model", file=sys.stderr, flush=True)
+        measure_contexts(args, Path(workdir), results, input_shape)
 
 
 def start_daemon(args: argparse.Namespace, workdir: Path, results: dict[str, Any], key: str = "daemon",
-                 name: str = "data", prefix: list[str] | None = None) -> tuple[Daemon, str]:
+                 name: str = "data", prefix: list[str] | None = None,
+                 extra: list[str] | None = None) -> tuple[Daemon, str]:
     """Start ``tbftd serve`` on a free loopback port and wait until it is ready; returns it and its URL.
 
     Its data go to ``workdir / name``, what is known of it to ``results[key]``; ``prefix`` runs it
@@ -772,7 +873,7 @@ def start_daemon(args: argparse.Namespace, workdir: Path, results: dict[str, Any
         argv = [*(prefix or []), *daemon_command()] + [
             "--host", HOST, "--port", str(port), "--data-dir", str(workdir / name),
             "--base-model", str(args.base_model), "--meter-kind", "estimate", "--baseline-seconds", "0",
-            "--epochs", str(args.epochs), "--log-level", "info", *shlex.split(args.daemon_args),
+            "--epochs", str(args.epochs), "--log-level", "info", *(extra or []), *shlex.split(args.daemon_args),
         ]  # fmt: skip
         base_url = f"http://{HOST}:{port}"
         daemon = Daemon(argv, workdir / f"{name}-daemon-{attempt}.log", cwd=workdir, traced=prefix is not None)
@@ -810,7 +911,20 @@ def checks(results: dict[str, Any]) -> list[Check]:
     memory = results.get("memory", {}).get("daemon_plus_trainer_peak_mb")
     job_ok = results.get("job", {}).get("running_throughout", False)
     trainer_seen = bool(results.get("memory", {}).get("trainer_pids"))
+    contexts = results.get("contexts") or {}
+    fc_share = per_context_ratio = None
+    if "version_bytes" in contexts and contexts["version_bytes"].get("fc"):
+        fc_share = contexts["version_bytes"]["fc"] / contexts["full_model_bytes"]
+    if "one_context" in contexts:
+        per_context_ratio = contexts["all_contexts"]["p99_ms"] / contexts["one_context"]["p99_ms"]
+    context_rss = contexts.get("daemon_rss_after_mb")
     return [
+        Check("fc version bytes per context / full model", fc_share, f"<= {VERSION_SHARE_TARGET:g}",
+              None if fc_share is None else fc_share <= VERSION_SHARE_TARGET),
+        Check("predict p99 all contexts / one context", per_context_ratio, f"<= {CONTEXTS_P99_RATIO_TARGET:g}x",
+              None if per_context_ratio is None else per_context_ratio <= CONTEXTS_P99_RATIO_TARGET),
+        Check("daemon RSS with every context's model MB", context_rss, f"<= {MEMORY_TARGET_MB:,.0f}",
+              None if context_rss is None else context_rss <= MEMORY_TARGET_MB),
         Check("durable ingest octet-stream samples/s, 1 device", raw, f">= {INGEST_TARGET_SAMPLES_PER_SECOND:,.0f}",
               None if raw is None else raw >= INGEST_TARGET_SAMPLES_PER_SECOND),
         # Group commit: devices posting at once share commits, so fewer than one fsync a batch.
@@ -854,8 +968,23 @@ def format_table(results: dict[str, Any], checked: list[Check]) -> str:
             rows.append(("peak PSS daemon / trainer / sum (shared pages split)",
                          f"{memory['daemon_pss_peak_mb']:.0f} / {memory['trainer_pss_peak_mb']:.0f} / "
                          f"{memory['daemon_plus_trainer_pss_peak_mb']:.0f} MB", "", ""))
+    contexts = results.get("contexts") or {}
+    if "version_bytes" in contexts:
+        adapted = f"{contexts['contexts']} in {contexts['seconds_adapting']:.0f} s"
+        rows.append((f"contexts adapted (fc, {contexts['promoted']} promoted)", adapted, "", ""))
+        rows.append(("full model on disk (base .pt + .npz)", f"{contexts['full_model_bytes'] / 1024:,.0f} KiB", "", ""))
+        for block, size in contexts["version_bytes"].items():
+            share = f"{size / 1024:,.1f} KiB ({size / contexts['full_model_bytes']:.3f} of the full model)"
+            rows.append((f"  one context's {block} version on disk", share, "", ""))
+        rss = (f"{contexts['daemon_rss_before_mb']:.0f} / {contexts['daemon_rss_after_mb']:.0f} MB "
+               f"({contexts['rss_per_context_kb']:.0f} KiB a context)")
+        rows.append(("daemon RSS before / after the contexts' models", rss, "", ""))
+        for key in ("one_context", "all_contexts"):
+            run = contexts[key]
+            rows.append((f"predict 1 sample, {run['condition']} ({run['requests']} requests, alternating)",
+                         f"p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms", "", ""))
     for c in checked:
-        unit = "{:.2f}x" if "/ idle" in c.name else "{:.0f} MB" if c.name.endswith("MB") else \
+        unit = "{:.2f}x" if "/ idle" in c.name or "/ one" in c.name else "{:.3f}" if "/ full" in c.name else "{:.0f} MB" if c.name.endswith("MB") else \
             "{:.2f}" if c.name.startswith("fsyncs") else "{:,.0f}"
         value = "not measured" if c.value is None else unit.format(c.value)
         rows.append((c.name, value, c.target, verdict[c.passed]))
@@ -881,7 +1010,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="20 ingest batches, 50 predicts, 300 job samples, 40 strace'd batches (CI)")
+                        help="20 ingest batches, 50 predicts, 300 job samples, 40 strace'd batches, 4 contexts (CI)")
     parser.add_argument("--base-model", type=Path, default=SHIPPED_BASE_MODEL,
                         help="checkpoint the daemon starts from (default: the shipped base model)")
     parser.add_argument("--batches", type=int, default=100, help="ingest batches per wire form")
@@ -895,11 +1024,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stop-timeout", type=float, default=30.0, help="seconds to wait for the job or the daemon to stop")
     parser.add_argument("--daemon-args", default="", metavar="ARGS",
                         help="more flags for tbftd serve, e.g. \"--batch-size 32\" (later flags win)")
+    parser.add_argument("--contexts", type=int, default=50, help="contexts adapted, each its own model (0: skip)")
     parser.add_argument("--check", action="store_true", help="exit 3 when a target is missed")
     parser.add_argument("--json", type=Path, help="where to write the JSON (default: bench/results/api-<time>.json)")
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.predict_requests, args.job_samples, args.fsync_batches = 20, 50, 300, 40
+        args.contexts = min(args.contexts, 4)
     for name in ("batches", "predict_requests", "fsync_batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
