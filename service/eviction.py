@@ -117,6 +117,10 @@ class _Victims:
     ids: set[int] = field(default_factory=set)
     evictions: list[Eviction] = field(default_factory=list)
 
+    def taken_from(self, context: str) -> int:
+        """Samples of ``context`` taken so far."""
+        return sum(e.samples for e in self.evictions if e.context == context)
+
     def add(self, rows: Iterable[tuple[int, str, int, bool]], reason: str) -> tuple[int, int]:
         """Take ``(id, context, bytes, consumed)`` rows not already taken; returns samples, bytes."""
         per_context: dict[str, list[int]] = {}
@@ -183,8 +187,14 @@ def _device_quota(conn: sqlite3.Connection, limit: int, device_id: str, batch_sa
     excess = held + batch_samples - limit
     if excess <= 0:
         return
+    consumed: list[tuple[int, str, int, bool]] = []
     rows = conn.execute("SELECT id, context, payload_bytes FROM samples WHERE device_id = ? ORDER BY id", (device_id,))
-    consumed = [(i, c, b, True) for i, c, b in rows if c not in protected and i <= upto.get(c, 0)]
+    for i, c, b in rows:  # read lazily: only as far as the oldest consumed ones it needs
+        if c not in protected and i <= upto.get(c, 0):
+            consumed.append((i, c, b, True))
+            if len(consumed) == excess:
+                break
+    rows.close()
     if len(consumed) < excess:
         raise QuotaExceeded(
             f"device {device_id!r} holds {held} samples and max_device_samples is {limit}: a batch of "
@@ -197,8 +207,7 @@ def _device_quota(conn: sqlite3.Connection, limit: int, device_id: str, batch_sa
 
 def _context_quota(conn: sqlite3.Connection, limit: int, context: str, batch_samples: int,
                    protected: tuple[str, ...], upto: dict[str, int], victims: _Victims) -> None:
-    rows = conn.execute("SELECT id, payload_bytes FROM samples WHERE context = ? ORDER BY id", (context,)).fetchall()
-    held = sum(1 for sample_id, _ in rows if sample_id not in victims.ids)
+    held = _count(conn, context) - victims.taken_from(context)
     excess = held + batch_samples - limit
     if excess <= 0:
         return
@@ -208,26 +217,31 @@ def _context_quota(conn: sqlite3.Connection, limit: int, context: str, batch_sam
         raise QuotaExceeded(
             f"context {context!r} holds {held} samples and max_context_samples is {limit}: {why}",
             quota="max_context_samples", limit=limit, held=held, status=507, field="context")
-    consumed_to = upto.get(context, 0)
     # Consumed first, then the oldest: a context's buffer is a ring of its newest samples.
-    ordered = sorted(((i, context, b, i <= consumed_to) for i, b in rows if i not in victims.ids),
-                     key=lambda row: (not row[3], row[0]))
-    victims.add(ordered[:excess], f"context quota: context {context!r} over max_context_samples {limit}")
+    ordered = _oldest(conn, context, upto.get(context, 0), True, excess, victims.ids)
+    ordered += _oldest(conn, context, upto.get(context, 0), False, excess - len(ordered), victims.ids)
+    victims.add(ordered, f"context quota: context {context!r} over max_context_samples {limit}")
 
 
 def _capacity(conn: sqlite3.Connection, limits: BufferLimits, batch_samples: int, batch_bytes: int,
               protected: tuple[str, ...], upto: dict[str, int], victims: _Victims) -> None:
-    used_samples, used_bytes = conn.execute(
-        "SELECT count(*), coalesce(sum(payload_bytes), 0) FROM samples").fetchone()
-    taken_bytes = _taken_bytes(conn, victims.ids)
-    excess_samples = used_samples - len(victims.ids) + batch_samples - (limits.max_samples or 0) \
-        if limits.max_samples else 0
-    excess_bytes = used_bytes - taken_bytes + batch_bytes - (limits.max_bytes or 0) if limits.max_bytes else 0
+    # Counts come from the covering index (context, id, payload_bytes); sample rows are read only
+    # for the contexts and as many as eviction takes, so a full buffer costs little per batch.
+    stats = {c: (int(n), int(b)) for c, n, b in conn.execute(
+        "SELECT context, count(*), coalesce(sum(payload_bytes), 0) FROM samples GROUP BY context")}
+    used_samples = sum(n for n, _ in stats.values())
+    used_bytes = sum(b for _, b in stats.values())
+    free_samples = len(victims.ids)
+    free_bytes = sum(e.bytes for e in victims.evictions)
+    excess_samples = used_samples - free_samples + batch_samples - limits.max_samples if limits.max_samples else 0
+    excess_bytes = used_bytes - free_bytes + batch_bytes - limits.max_bytes if limits.max_bytes else 0
     if excess_samples <= 0 and excess_bytes <= 0:
         return
-    rows = [(i, c, b) for i, c, b in conn.execute("SELECT id, context, payload_bytes FROM samples ORDER BY id")
-            if c not in protected and i not in victims.ids]
-    consumed = [(i, c, b, True) for i, c, b in rows if i <= upto.get(c, 0)]
+    candidates = {c: (n, b // n) for c, (n, b) in stats.items() if c not in protected and n}
+    smallest = min((size for _, size in candidates.values()), default=1) or 1
+    needed = max(excess_samples, -(-excess_bytes // smallest), 1)
+    consumed = sorted(row for c in candidates if upto.get(c, 0)
+                      for row in _oldest(conn, c, upto[c], True, needed, victims.ids))
     freed_samples = freed_bytes = 0
     chosen: list[tuple[int, str, int, bool]] = []
     for row in consumed:
@@ -239,31 +253,28 @@ def _capacity(conn: sqlite3.Connection, limits: BufferLimits, batch_samples: int
     victims.add(chosen, _capacity_reason(limits, "samples a job has trained on go first"))
     if freed_samples >= excess_samples and freed_bytes >= excess_bytes:
         return
-    unconsumed: dict[str, list[tuple[int, int]]] = {}
-    for i, c, b in rows:
-        if i > upto.get(c, 0):
-            unconsumed.setdefault(c, []).append((i, b))
+    left = {c: n - victims.taken_from(c) - _count(conn, c, upto.get(c, 0)) + _taken_consumed(victims, c)
+            for c, (n, _) in candidates.items()}
+    left = {c: n for c, n in left.items() if n > 0}
     waiting = {row[0] for row in conn.execute(
         "SELECT DISTINCT context FROM drift_hints WHERE job_id IS NULL AND expired_at IS NULL")}
     # Contexts a hint waits on last (a job for them is near); then the largest share of the
-    # buffer first, and among equals the oldest sample first.
-    heap = [(c in waiting, -_share(limits, len(samples), samples[0][1]), samples[0][0], c)
-            for c, samples in unconsumed.items()]
+    # buffer first, and among equals the one holding the oldest sample.
+    oldest = {c: conn.execute("SELECT min(id) FROM samples WHERE context = ? AND id > ?",
+                              (c, upto.get(c, 0))).fetchone()[0] for c in left}
+    heap = [(c in waiting, -_share(limits, n, candidates[c][1]), oldest[c], c) for c, n in left.items()]
     heapq.heapify(heap)
     taken: dict[str, int] = {}
     while heap and (freed_samples < excess_samples or freed_bytes < excess_bytes):
-        hinted, _, _, c = heapq.heappop(heap)
-        index = taken.get(c, 0)
-        sample_id, nbytes = unconsumed[c][index]
-        taken[c] = index + 1
+        hinted, _, first, c = heapq.heappop(heap)
+        taken[c] = taken.get(c, 0) + 1
         freed_samples += 1
-        freed_bytes += nbytes
-        if taken[c] < len(unconsumed[c]):
-            left = len(unconsumed[c]) - taken[c]
-            heapq.heappush(heap, (hinted, -_share(limits, left, nbytes), unconsumed[c][taken[c]][0], c))
+        freed_bytes += candidates[c][1]
+        if taken[c] < left[c]:
+            heapq.heappush(heap, (hinted, -_share(limits, left[c] - taken[c], candidates[c][1]), first, c))
     if freed_samples < excess_samples or freed_bytes < excess_bytes:
-        evictable_samples = len(rows)
-        evictable_bytes = sum(b for _, _, b in rows)
+        evictable_samples = free_samples + sum(left.values()) + len(chosen)
+        evictable_bytes = free_bytes + sum(n * candidates[c][1] for c, n in left.items()) + sum(r[2] for r in chosen)
         raise BufferFull(
             f"sample buffer full: {used_samples} of {limits.max_samples or 'unlimited'} samples, "
             f"{used_bytes} of {limits.max_bytes or 'unlimited'} bytes in use; a batch of "
@@ -273,9 +284,33 @@ def _capacity(conn: sqlite3.Connection, limits: BufferLimits, batch_samples: int
             batch_samples=batch_samples, batch_bytes=batch_bytes, evictable_samples=evictable_samples,
             evictable_bytes=evictable_bytes, protected_contexts=protected,
             quota="max_buffer_samples" if freed_samples < excess_samples else "max_buffer_bytes")
-    victims.add(((sample_id, c, nbytes, False) for c, count in taken.items()
-                 for sample_id, nbytes in unconsumed[c][:count]),
+    victims.add((row for c, count in taken.items()
+                 for row in _oldest(conn, c, upto.get(c, 0), False, count, victims.ids)),
                 _capacity_reason(limits, "the oldest samples of the contexts holding the most"))
+
+
+def _count(conn: sqlite3.Connection, context: str, up_to_id: int | None = None) -> int:
+    """Samples of ``context`` (only those with ids up to ``up_to_id``), from the index."""
+    if up_to_id is None:
+        return int(conn.execute("SELECT count(*) FROM samples WHERE context = ?", (context,)).fetchone()[0])
+    return int(conn.execute("SELECT count(*) FROM samples WHERE context = ? AND id <= ?",
+                            (context, up_to_id)).fetchone()[0])
+
+
+def _taken_consumed(victims: _Victims, context: str) -> int:
+    return sum(e.consumed for e in victims.evictions if e.context == context)
+
+
+def _oldest(conn: sqlite3.Connection, context: str, consumed_to: int, consumed: bool, count: int,
+            skip: set[int]) -> list[tuple[int, str, int, bool]]:
+    """Up to ``count`` of ``context``'s oldest consumed (or unconsumed) samples not in ``skip``,
+    as ``(id, context, bytes, consumed)``."""
+    if count <= 0:
+        return []
+    op = "<=" if consumed else ">"
+    rows = conn.execute(f"SELECT id, payload_bytes FROM samples WHERE context = ? AND id {op} ? ORDER BY id LIMIT ?",
+                        (context, consumed_to, count + len(skip)))
+    return [(i, context, b, consumed) for i, b in rows if i not in skip][:count]
 
 
 def _share(limits: BufferLimits, samples: int, sample_bytes: int) -> float:
@@ -290,13 +325,6 @@ def _capacity_reason(limits: BufferLimits, order: str) -> str:
     caps = [f"max_buffer_samples {limits.max_samples}" if limits.max_samples else "",
             f"max_buffer_bytes {limits.max_bytes}" if limits.max_bytes else ""]
     return f"buffer full ({', '.join(c for c in caps if c)}): {order}"
-
-
-def _taken_bytes(conn: sqlite3.Connection, ids: set[int]) -> int:
-    if not ids:
-        return 0
-    return int(conn.execute("SELECT coalesce(sum(payload_bytes), 0) FROM samples WHERE id IN "
-                            "(SELECT value FROM json_each(?))", (_json_ids(ids),)).fetchone()[0])
 
 
 def _json_ids(ids: Iterable[int]) -> str:
