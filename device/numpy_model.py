@@ -192,8 +192,12 @@ def save_weights(path: str | os.PathLike[str], config: ModelConfig, state: dict[
 
 def load_weights(path: str | os.PathLike[str]) -> NumpyResNet26:
     """Read a weights file into a model ready to predict; :class:`WeightsError` says what is wrong."""
-    config, arrays = read_arrays(path, f"{FORMAT_NAME}/{FORMAT_VERSION}", "weights")
-    return NumpyResNet26(config, arrays)
+    return NumpyResNet26(*read_weights(path))
+
+
+def read_weights(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """A weights file's configuration and named arrays (the state dict), checked as :func:`load_weights` does."""
+    return read_arrays(path, f"{FORMAT_NAME}/{FORMAT_VERSION}", "weights")
 
 
 def read_arrays(path: str | os.PathLike[str], kind: str, what: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:

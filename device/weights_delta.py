@@ -27,7 +27,7 @@ import numpy as np
 
 from device.config import ModelConfig
 from device.files import atomic_write_bytes
-from device.numpy_model import NumpyResNet26, WeightsError, read_arrays
+from device.numpy_model import NumpyResNet26, WeightsError, read_arrays, read_weights
 
 FORMAT_NAME = "tbftd-weights-delta"
 FORMAT_VERSION = 1
@@ -123,5 +123,4 @@ def load_delta(path: str | os.PathLike[str]) -> WeightsDelta:
 def read_state(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The named arrays of a full weights file (:func:`device.numpy_model.save_weights`), without
     its configuration: what deltas are applied to."""
-    with np.load(Path(path), allow_pickle=False) as data:
-        return {name: data[name] for name in data.files if name not in ("config", "format")}
+    return read_weights(path)[1]

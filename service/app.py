@@ -234,7 +234,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         # A full buffer (507), or a context's (507) or device's (429) quota: the body names the quota.
         if isinstance(exc, QuotaExceeded):
             return _error(exc.status, str(exc), exc.field, quota=exc.quota, limit=exc.limit, held=exc.held)
-        return _error(exc.status, str(exc), exc.field, quota=getattr(exc, "quota", None))
+        return _error(exc.status, str(exc), exc.field, quota=exc.quota)
 
     @app.exception_handler(IdempotencyConflict)
     async def key_reused(request: Request, exc: IdempotencyConflict) -> JSONResponse:
@@ -366,8 +366,7 @@ def _add_routes(app: FastAPI, *, token_required: bool) -> None:
         daemon = _daemon(request)
         hints = daemon.store.list_hints(context=context, newest_first=True, state=state, limit=limit)
         expiry = daemon.settings.hint_expiry_seconds
-        return {"hints": [{**h.to_dict(), "expires_at": h.created_at + expiry if h.state == "waiting" else None}
-                          for h in hints]}
+        return {"hints": [{**h.to_dict(), "expires_at": h.expires_at(expiry)} for h in hints]}
 
     @app.post(
         "/v1/jobs",

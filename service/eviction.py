@@ -29,9 +29,7 @@ import heapq
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
-
-PENDING_SQL = "'queued', 'running'"
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True)
@@ -60,12 +58,21 @@ class Eviction:
                 "reason": self.reason}
 
 
+class RoomMade(NamedTuple):
+    """What :func:`make_room` evicted, and the samples and payload bytes buffered after it."""
+
+    evictions: list[Eviction]
+    samples: int
+    bytes: int
+
+
 class StoreRefusal(Exception):
     """A batch refused by a buffer rule; nothing was written or evicted. ``status`` is the HTTP
-    status the API answers, ``field`` the request field at fault."""
+    status the API answers, ``field`` the request field at fault, ``quota`` the setting met."""
 
     status = 507
     field: str | None = None
+    quota: str | None = None
 
 
 class BufferFull(StoreRefusal):
@@ -121,10 +128,9 @@ class _Victims:
         """Samples of ``context`` taken so far."""
         return sum(e.samples for e in self.evictions if e.context == context)
 
-    def add(self, rows: Iterable[tuple[int, str, int, bool]], reason: str) -> tuple[int, int]:
-        """Take ``(id, context, bytes, consumed)`` rows not already taken; returns samples, bytes."""
+    def add(self, rows: Iterable[tuple[int, str, int, bool]], reason: str) -> None:
+        """Take ``(id, context, bytes, consumed)`` rows not already taken."""
         per_context: dict[str, list[int]] = {}
-        taken_samples = taken_bytes = 0
         for sample_id, context, nbytes, consumed in rows:
             if sample_id in self.ids:
                 continue
@@ -133,11 +139,8 @@ class _Victims:
             counts[0] += 1
             counts[1] += int(consumed)
             counts[2] += nbytes
-            taken_samples += 1
-            taken_bytes += nbytes
         for context, (samples, consumed_count, nbytes) in sorted(per_context.items()):
             self.evictions.append(Eviction(context, samples, consumed_count, nbytes, reason))
-        return taken_samples, taken_bytes
 
 
 def consumed_up_to(conn: sqlite3.Connection) -> dict[str, int]:
@@ -149,12 +152,6 @@ def consumed_up_to(conn: sqlite3.Connection) -> dict[str, int]:
     return {context: int(upto) for context, upto in rows if upto is not None}
 
 
-def protected_contexts(conn: sqlite3.Connection) -> tuple[str, ...]:
-    """Contexts with a pending job, whose samples are never evicted."""
-    rows = conn.execute(f"SELECT DISTINCT context FROM jobs WHERE state IN ({PENDING_SQL}) ORDER BY context")
-    return tuple(row[0] for row in rows)
-
-
 def make_room(
     conn: sqlite3.Connection,
     limits: BufferLimits,
@@ -163,22 +160,24 @@ def make_room(
     device_id: str | None,
     batch_samples: int,
     batch_bytes: int,
-) -> list[Eviction]:
+    protected: tuple[str, ...],
+) -> RoomMade:
     """Delete what a batch of ``context`` (from ``device_id``) needs deleted under the rules in the
-    module docstring, and return what was deleted; raises :class:`QuotaExceeded` or
-    :class:`BufferFull` (having deleted nothing) when the batch cannot go in."""
-    protected = protected_contexts(conn)
+    module docstring, never from the ``protected`` contexts (those with a pending job), and return
+    what was deleted; raises :class:`QuotaExceeded` or :class:`BufferFull` (having deleted
+    nothing) when the batch cannot go in."""
     upto = consumed_up_to(conn)
     victims = _Victims()
     if device_id is not None and limits.max_device_samples is not None:
         _device_quota(conn, limits.max_device_samples, device_id, batch_samples, protected, upto, victims)
     if limits.max_context_samples is not None:
         _context_quota(conn, limits.max_context_samples, context, batch_samples, protected, upto, victims)
-    _capacity(conn, limits, batch_samples, batch_bytes, protected, upto, victims)
+    used_samples, used_bytes = _capacity(conn, limits, batch_samples, batch_bytes, protected, upto, victims)
     if victims.ids:
         conn.execute("DELETE FROM samples WHERE id IN (SELECT value FROM json_each(?))",
                      (_json_ids(victims.ids),))
-    return victims.evictions
+    return RoomMade(victims.evictions, used_samples - len(victims.ids),
+                    used_bytes - sum(e.bytes for e in victims.evictions))
 
 
 def _device_quota(conn: sqlite3.Connection, limit: int, device_id: str, batch_samples: int,
@@ -224,7 +223,8 @@ def _context_quota(conn: sqlite3.Connection, limit: int, context: str, batch_sam
 
 
 def _capacity(conn: sqlite3.Connection, limits: BufferLimits, batch_samples: int, batch_bytes: int,
-              protected: tuple[str, ...], upto: dict[str, int], victims: _Victims) -> None:
+              protected: tuple[str, ...], upto: dict[str, int], victims: _Victims) -> tuple[int, int]:
+    """The buffer rule; returns the samples and bytes buffered before any rule evicted."""
     # Counts come from the covering index (context, id, payload_bytes); sample rows are read only
     # for the contexts and as many as eviction takes, so a full buffer costs little per batch.
     stats = {c: (int(n), int(b)) for c, n, b in conn.execute(
@@ -236,7 +236,7 @@ def _capacity(conn: sqlite3.Connection, limits: BufferLimits, batch_samples: int
     excess_samples = used_samples - free_samples + batch_samples - limits.max_samples if limits.max_samples else 0
     excess_bytes = used_bytes - free_bytes + batch_bytes - limits.max_bytes if limits.max_bytes else 0
     if excess_samples <= 0 and excess_bytes <= 0:
-        return
+        return used_samples, used_bytes
     candidates = {c: (n, b // n) for c, (n, b) in stats.items() if c not in protected and n}
     smallest = min((size for _, size in candidates.values()), default=1) or 1
     needed = max(excess_samples, -(-excess_bytes // smallest), 1)
@@ -252,7 +252,7 @@ def _capacity(conn: sqlite3.Connection, limits: BufferLimits, batch_samples: int
         freed_bytes += row[2]
     victims.add(chosen, _capacity_reason(limits, "samples a job has trained on go first"))
     if freed_samples >= excess_samples and freed_bytes >= excess_bytes:
-        return
+        return used_samples, used_bytes
     left = {c: n - victims.taken_from(c) - _count(conn, c, upto.get(c, 0)) + _taken_consumed(victims, c)
             for c, (n, _) in candidates.items()}
     left = {c: n for c, n in left.items() if n > 0}
@@ -287,6 +287,7 @@ def _capacity(conn: sqlite3.Connection, limits: BufferLimits, batch_samples: int
     victims.add((row for c, count in taken.items()
                  for row in _oldest(conn, c, upto.get(c, 0), False, count, victims.ids)),
                 _capacity_reason(limits, "the oldest samples of the contexts holding the most"))
+    return used_samples, used_bytes
 
 
 def _count(conn: sqlite3.Connection, context: str, up_to_id: int | None = None) -> int:

@@ -185,8 +185,8 @@ class JobManager:
                 return HintOutcome(self.store.get_hint(hint.id), pending, True, self.store.count_samples(context), needed)
             job = self._start_if_ready(context)
         hint = self.store.get_hint(hint.id)  # as it is now: linked to the job it started, if any
-        expires = None if job is not None else hint.created_at + self.settings.hint_expiry_seconds
-        return HintOutcome(hint, job, False, self.store.count_samples(context), needed, expires)
+        return HintOutcome(hint, job, False, self.store.count_samples(context), needed,
+                           hint.expires_at(self.settings.hint_expiry_seconds))
 
     def samples_added(self, context: str) -> Job | None:
         """Start a job for ``context`` if a waiting hint now has enough samples."""

@@ -33,10 +33,10 @@ import numpy as np
 
 from device.config import ModelConfig
 from device.files import atomic_write_bytes, remove_partial_files
-from device.numpy_model import NumpyResNet26, WeightsError, load_weights, weights_path_for
+from device.numpy_model import NumpyResNet26, WeightsError, read_weights, weights_path_for
 from device.prediction import Prediction
 from device.shipped import SHIPPED_BASE_MODEL, SHIPPED_BASE_WEIGHTS
-from device.weights_delta import DELTA_SUFFIX, is_delta_path, load_delta, read_state
+from device.weights_delta import DELTA_SUFFIX, is_delta_path, load_delta
 from service.store import ModelVersion, Store
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class ModelRegistry:
         self.base_model = base_model or SHIPPED_BASE_MODEL
         self.model_groups = dict(model_groups or {})
         self._base: LoadedModel | None = None
-        self._base_record: ModelVersion | None = None
+        self._base_path = Path()
         self._base_state: dict[str, np.ndarray] = {}
         self._default = 0
         self._scopes: dict[str, int] = {}
@@ -109,9 +109,10 @@ class ModelRegistry:
         default = self.store.active_version()
         if default is None:
             default = self.store.activate(base.version)
-        self._base_record = base
-        self._base = LoadedModel(base.version, self._load_full(base.path))
-        self._base_state = read_state(weights_path_for(base.path))
+        self._base_path = Path(base.path)
+        # One read of the base's weights: the served model, and the state every delta applies to.
+        model, self._base_state = self._read_full(base.path)
+        self._base = LoadedModel(base.version, model)
         self._loaded = {base.version: self._base}
         self._default = default.version
         self._scopes = self.store.scope_versions()
@@ -151,14 +152,16 @@ class ModelRegistry:
                 return load_delta(checkpoint).model(self.base.model, self._base_state)
             except WeightsError as exc:
                 raise ModelFileError(str(exc)) from exc
-        return self._load_full(checkpoint)
+        return self._read_full(checkpoint)[0]
 
-    def _load_full(self, checkpoint: str | Path) -> NumpyResNet26:
+    def _read_full(self, checkpoint: str | Path) -> tuple[NumpyResNet26, dict[str, np.ndarray]]:
+        """A full version's servable model and its state dict (converted first if it has no weights file)."""
         weights = weights_path_for(checkpoint)
         if not weights.exists():
             convert_checkpoint(Path(checkpoint), weights)
         try:
-            return load_weights(weights)
+            config, state = read_weights(weights)
+            return NumpyResNet26(config, state), state
         except WeightsError as exc:
             raise ModelFileError(str(exc)) from exc
 
@@ -218,10 +221,9 @@ class ModelRegistry:
     def training_files(self, version: int) -> TrainingFiles:
         """The files a trainer starts ``version`` from."""
         record = self.store.get_version(version)
-        base = Path(self.store.get_version(self.base.version).path)
         if is_delta_path(record.path):
-            return TrainingFiles(base, Path(record.path), base)
-        return TrainingFiles(Path(record.path), None, base)
+            return TrainingFiles(self._base_path, Path(record.path), self._base_path)
+        return TrainingFiles(Path(record.path), None, self._base_path)
 
     # -- changes ----------------------------------------------------------------------------------
 

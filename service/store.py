@@ -324,6 +324,10 @@ class Hint:
             return "scheduled"
         return "expired" if self.expired_at is not None else "waiting"
 
+    def expires_at(self, expiry_seconds: float) -> float | None:
+        """When a waiting hint expires (epoch seconds) under ``hint_expiry_seconds``; None otherwise."""
+        return self.created_at + expiry_seconds if self.state == "waiting" else None
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary, with the hint's ``state``."""
         return {**asdict(self), "state": self.state}
@@ -750,8 +754,10 @@ class Store:
                     f"batch is {dtype_name} of shape {tuple(batch.shape[1:])}; a job trains on one array, so send "
                     f"{held[0]} or use another context"
                 )
-            evictions = make_room(db.conn, self.limits, context=context, device_id=device_id,
-                                  batch_samples=len(blobs), batch_bytes=batch_bytes)
+            protected = tuple(row[0] for row in db.conn.execute(
+                f"SELECT DISTINCT context FROM jobs WHERE state IN ({_PENDING_SQL}) ORDER BY context"))
+            room = make_room(db.conn, self.limits, context=context, device_id=device_id,
+                             batch_samples=len(blobs), batch_bytes=batch_bytes, protected=protected)
             now = self.clock()
             ids = []
             for label, blob in zip(label_list, blobs):
@@ -762,11 +768,12 @@ class Store:
                 )
                 ids.append(int(cursor.lastrowid or 0))
             evicted_contexts: dict[str, int] = {}
-            for eviction in evictions:
+            for eviction in room.evictions:
                 evicted_contexts[eviction.context] = evicted_contexts.get(eviction.context, 0) + eviction.samples
             result = AddResult(ids=ids, evicted=sum(evicted_contexts.values()),
                                evicted_contexts=dict(sorted(evicted_contexts.items())),
-                               usage=_usage(db.conn), evictions=evictions)
+                               usage=BufferUsage(room.samples + len(blobs), room.bytes + batch_bytes),
+                               evictions=room.evictions)
             if idempotency is not None:
                 self._save_response(db.conn, *idempotency, 201, {"stored": result.to_dict()})
             return result
@@ -924,7 +931,7 @@ class Store:
 
     def waiting_hints(self, context: str | None = None) -> list[Hint]:
         """Hints not yet linked to a job nor expired, oldest first."""
-        return self.list_hints(context=context, waiting=True, limit=None)
+        return self.list_hints(context=context, state="waiting", limit=None)
 
     def get_hint(self, hint_id: int) -> Hint:
         """The hint with ``hint_id``; NotFound otherwise."""
@@ -956,15 +963,13 @@ class Store:
         context: str | None = None,
         *,
         job_id: int | None = None,
-        waiting: bool = False,
         state: str | None = None,
         newest_first: bool = False,
         limit: int | None = 100,
     ) -> list[Hint]:
         """Hints, oldest first (or newest first), filtered by context, job, or state (``waiting``,
-        ``scheduled``, ``expired``; ``waiting=True`` is ``state="waiting"``)."""
+        ``scheduled``, ``expired``)."""
         where, params = _where(context=context, job_id=job_id)
-        state = "waiting" if waiting else state
         if state is not None:
             where.append({"waiting": "job_id IS NULL AND expired_at IS NULL", "scheduled": "job_id IS NOT NULL",
                           "expired": "job_id IS NULL AND expired_at IS NOT NULL"}[state])

@@ -176,7 +176,7 @@ def run_task(
     extra = checkpoint.extra
     if task.delta_path is not None:
         delta = load_delta(task.delta_path)
-        state = delta.apply(_numpy_state(model))
+        state = delta.apply(base_state)  # a delta is always on the base (the checkpoint loaded above)
         model.load_state_dict({name: torch.from_numpy(array) for name, array in state.items()}, strict=True)
         extra = delta.extra
     with np.load(task.samples_path, allow_pickle=False) as data:

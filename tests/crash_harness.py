@@ -61,6 +61,9 @@ DAEMON_FLAGS = (
     "--max-context-samples", "", "--max-device-samples", "",
     "--trainer-grace-seconds", "2", "--graceful-timeout-seconds", "1", "--log-level", "info",
 )  # fmt: skip
+#: The version a context (the one parameter) is served: its own, else the default model.
+SERVED_VERSION_SQL = ("SELECT coalesce((SELECT version FROM scope_models WHERE scope = ?), "
+                      "(SELECT version FROM model_versions WHERE active = 1))")
 #: The base model's input and classes: one channel keeps a sample at 1 KiB, so hundreds of cycles
 #: of posting stay cheap to store and to check.
 SHAPE = (1, 32, 32)
@@ -408,11 +411,9 @@ class FaultRun:
                 problems.append(f"integrity_check: {integrity[:5]}")
             problems += self._check_samples(conn, every_byte=every_byte)
             problems += self._check_rows(conn)
-            # "active" here: the version the job context is served (its own, else the default).
-            versions = conn.execute(
-                "SELECT version, path, version = coalesce((SELECT version FROM scope_models WHERE scope = ?), "
-                "(SELECT version FROM model_versions WHERE active = 1)), created_at FROM model_versions",
-                (JOB_CONTEXT,)).fetchall()
+            # "active" here: the version the job context is served.
+            versions = conn.execute(f"SELECT version, path, version = ({SERVED_VERSION_SQL}), created_at "
+                                    "FROM model_versions", (JOB_CONTEXT,)).fetchall()
             states = dict(conn.execute("SELECT id, state FROM jobs").fetchall())
             retried = {r[0] for r in conn.execute("SELECT retry_of FROM jobs WHERE retry_of IS NOT NULL")}
         finally:
@@ -480,10 +481,8 @@ class FaultRun:
                      if states.get(j) != "cancelled"]
         if activations:
             version, sent = activations[-1]
-            active = conn.execute(
-                "SELECT version, created_at FROM model_versions WHERE version = coalesce((SELECT version FROM "
-                "scope_models WHERE scope = ?), (SELECT version FROM model_versions WHERE active = 1))",
-                (JOB_CONTEXT,)).fetchone()
+            active = conn.execute(f"SELECT version, created_at FROM model_versions WHERE version = ({SERVED_VERSION_SQL})",
+                                  (JOB_CONTEXT,)).fetchone()
             # A job may have promoted a newer version since; anything else lost the activation.
             if active is None or (active[0] != version and active[1] < sent):
                 problems.append(f"activation of version {version} is lost: active is {active}")
